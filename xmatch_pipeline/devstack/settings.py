@@ -1,0 +1,122 @@
+"""Where the devstack lives and how to reach it, read from the environment without starting it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEVSTACK_DIR_ENV = "XMATCH_DEVSTACK_DIR"
+KAFKA_PORT_ENV = "XMATCH_DEVSTACK_KAFKA_PORT"
+KAFKA_CONTROLLER_PORT_ENV = "XMATCH_DEVSTACK_KAFKA_CONTROLLER_PORT"
+POSTGRES_PORT_ENV = "XMATCH_DEVSTACK_POSTGRES_PORT"
+
+DEFAULT_KAFKA_PORT = 19092
+DEFAULT_POSTGRES_PORT = 15432
+LOOPBACK_HOST = "127.0.0.1"
+
+#: A dev stack on loopback only: fixed, well-known credentials keep the settings derivable
+#: without reading anything the stack wrote.
+POSTGRES_USER = "xmatch"
+POSTGRES_PASSWORD = "xmatch"
+PIPELINE_DATABASE = "xmatch"
+DAGSTER_DATABASE = "dagster"
+
+
+@dataclass(frozen=True)
+class DevstackSettings:
+    """How to reach the devstack's Kafka broker and PostgreSQL server."""
+
+    kafka_host: str
+    kafka_port: int
+    kafka_controller_port: int
+    postgres_host: str
+    postgres_port: int
+    postgres_user: str
+    postgres_password: str
+    postgres_database: str
+    dagster_database: str
+    devstack_dir: Path
+
+    kafka_bootstrap_servers: str = field(init=False)
+    database_url: str = field(init=False)
+    """SQLAlchemy URL of the pipeline database."""
+    dagster_postgres_url: str = field(init=False)
+    """Dagster's run storage database, as a plain ``postgresql://`` URL as Dagster expects."""
+
+    def __post_init__(self) -> None:
+        credentials = f"{self.postgres_user}:{self.postgres_password}"
+        server = f"{self.postgres_host}:{self.postgres_port}"
+        derived = {
+            "kafka_bootstrap_servers": f"{self.kafka_host}:{self.kafka_port}",
+            "database_url": f"postgresql+psycopg2://{credentials}@{server}/{self.postgres_database}",
+            "dagster_postgres_url": f"postgresql://{credentials}@{server}/{self.dagster_database}",
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
+
+    def as_environment(self) -> dict[str, str]:
+        """The settings as environment variables: this project's names and the original step's."""
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers,
+            "DATABASE_URL": self.database_url,
+            "DAGSTER_POSTGRES_URL": self.dagster_postgres_url,
+            "CONSUMER_SERVER": self.kafka_bootstrap_servers,
+            "PRODUCER_SERVER": self.kafka_bootstrap_servers,
+            "DB_ENGINE": "postgresql",
+            "DB_HOST": self.postgres_host,
+            "DB_PORT": str(self.postgres_port),
+            "DB_USER": self.postgres_user,
+            "DB_PASSWORD": self.postgres_password,
+            "DB_NAME": self.postgres_database,
+            "XMATCH_DEVSTACK_DIR": str(self.devstack_dir),
+        }
+
+
+def project_root() -> Path:
+    """The checkout this package runs from, else the nearest folder above the working directory
+    holding a ``pyproject.toml``, else the working directory."""
+    package_checkout = Path(__file__).resolve().parents[2]
+    if (package_checkout / "pyproject.toml").is_file():
+        return package_checkout
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file():
+            return folder
+    return here
+
+
+def _port_from_environment(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a port number (1-65535)") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{name}={raw!r} is not a port number (1-65535)")
+    return port
+
+
+def devstack_settings() -> DevstackSettings:
+    """The devstack's settings from the environment and defaults; starts nothing."""
+    configured_dir = os.environ.get(DEVSTACK_DIR_ENV)
+    devstack_dir = (
+        Path(configured_dir).expanduser().resolve()
+        if configured_dir
+        else project_root() / ".devstack"
+    )
+    kafka_port = _port_from_environment(KAFKA_PORT_ENV, DEFAULT_KAFKA_PORT)
+    return DevstackSettings(
+        kafka_host=LOOPBACK_HOST,
+        kafka_port=kafka_port,
+        kafka_controller_port=_port_from_environment(KAFKA_CONTROLLER_PORT_ENV, kafka_port + 1),
+        postgres_host=LOOPBACK_HOST,
+        postgres_port=_port_from_environment(POSTGRES_PORT_ENV, DEFAULT_POSTGRES_PORT),
+        postgres_user=POSTGRES_USER,
+        postgres_password=POSTGRES_PASSWORD,
+        postgres_database=PIPELINE_DATABASE,
+        dagster_database=DAGSTER_DATABASE,
+        devstack_dir=devstack_dir,
+    )

@@ -1,0 +1,109 @@
+"""Both services together: start what is missing (once, even with concurrent callers), stop,
+and report whether they answer."""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from xmatch_pipeline.devstack.errors import DevstackError, PrerequisiteMissingError
+from xmatch_pipeline.devstack.kafka_server import start_kafka, stop_kafka, wait_until_kafka_ready
+from xmatch_pipeline.devstack.postgres_server import (
+    start_postgres,
+    stop_postgres,
+    wait_until_postgres_ready,
+)
+from xmatch_pipeline.devstack.probes import kafka_answers, postgres_answers
+from xmatch_pipeline.devstack.settings import DEVSTACK_DIR_ENV, DevstackSettings, devstack_settings
+
+LOCK_TIMEOUT_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class ServiceHealth:
+    """Whether each service answers on the network right now."""
+
+    kafka: bool
+    postgres: bool
+
+    @property
+    def all_up(self) -> bool:
+        return self.kafka and self.postgres
+
+
+def check_health(settings: DevstackSettings) -> ServiceHealth:
+    """Ask both services a cheap question (metadata; ``SELECT 1`` on the pipeline database)."""
+    return ServiceHealth(
+        kafka=kafka_answers(settings.kafka_bootstrap_servers),
+        postgres=postgres_answers(settings.database_url),
+    )
+
+
+def _prepare_directory(devstack_dir: Path) -> None:
+    try:
+        devstack_dir.mkdir(parents=True, exist_ok=True)
+        probe = devstack_dir / ".write-check"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise PrerequisiteMissingError(
+            f"the devstack folder {devstack_dir} is not writable ({error.strerror}); make it "
+            f"writable or choose another folder with {DEVSTACK_DIR_ENV}=/some/writable/folder."
+        ) from None
+    # Services running as another account (PostgreSQL as 'postgres') must be able to enter it.
+    devstack_dir.chmod(devstack_dir.stat().st_mode | 0o755)
+
+
+@contextmanager
+def _exclusive(devstack_dir: Path) -> Iterator[None]:
+    """One starter at a time: parallel test sessions may all call ``up`` at once."""
+    with (devstack_dir / "devstack.lock").open("w") as lock_file:
+        deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
+        while True:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DevstackError(
+                        f"another 'devstack up' has held {lock_file.name} for over "
+                        f"{LOCK_TIMEOUT_SECONDS:.0f} s; is one stuck? (see its process list)"
+                    ) from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def ensure_devstack_running(settings: DevstackSettings | None = None) -> DevstackSettings:
+    """Start whichever service is not running, wait until both answer, return the settings.
+
+    Idempotent and safe to call from parallel processes. Raises a ``DevstackError`` whose
+    message says what is missing or which log file to read.
+    """
+    settings = settings or devstack_settings()
+    if check_health(settings).all_up:
+        return settings
+    _prepare_directory(settings.devstack_dir)
+    with _exclusive(settings.devstack_dir):
+        # Start both before waiting on either: the JVM and PostgreSQL boot in parallel.
+        start_postgres(settings)
+        start_kafka(settings)
+        wait_until_postgres_ready(settings)
+        wait_until_kafka_ready(settings)
+    return settings
+
+
+def stop_devstack(settings: DevstackSettings | None = None) -> dict[str, bool]:
+    """Stop both services; for each, whether it was running."""
+    settings = settings or devstack_settings()
+    if not settings.devstack_dir.is_dir():
+        return {"kafka": False, "postgres": False}
+    with _exclusive(settings.devstack_dir):
+        # Kafka first: clients of both often write to the database on Kafka's behalf.
+        return {"kafka": stop_kafka(settings), "postgres": stop_postgres(settings)}
