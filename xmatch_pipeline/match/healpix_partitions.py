@@ -1,0 +1,102 @@
+"""Which HEALPix partitions (nested scheme) a position, or a disk around it, falls in.
+
+The pixel arithmetic is astropy-healpix's; this module only decides which pixels a query
+must read. A disk of radius r around a position lies inside the position's pixel and its
+eight neighbours at any order whose pixels are much wider than r, so the neighbours are
+taken at the finest such order and then mapped to the partition order: a position deep
+inside a partition touches that partition only, one near an edge or corner touches two to
+four.
+"""
+
+from __future__ import annotations
+
+import astropy.units as u
+import numpy as np
+import numpy.typing as npt
+from astropy_healpix import core as healpix
+
+IntArray = npt.NDArray[np.int64]
+
+MAX_ORDER = 29
+
+#: The neighbour ring must be this many times wider than the search radius: HEALPix pixels
+#: are distorted near the poles and at the 8 three-neighbour corners, so a generous margin
+#: keeps the covering exact everywhere.
+_RESOLUTION_PER_RADIUS = 8.0
+
+
+def nside_of(order: int) -> int:
+    if not 0 <= order <= MAX_ORDER:
+        raise ValueError(f"HEALPix order must be in [0, {MAX_ORDER}], got {order}")
+    return 1 << order
+
+
+def pixel_count(order: int) -> int:
+    return 12 * nside_of(order) ** 2
+
+
+def pixel_resolution_arcsec(order: int) -> float:
+    """Square root of a pixel's area, the usual HEALPix resolution figure."""
+    return float(healpix.nside_to_pixel_resolution(nside_of(order)).to_value(u.arcsec))
+
+
+def pixels_of(ra_deg: npt.ArrayLike, dec_deg: npt.ArrayLike, order: int) -> IntArray:
+    """Nested pixel index of each position at ``order``."""
+    ra = np.asarray(ra_deg, dtype=np.float64)
+    dec = np.asarray(dec_deg, dtype=np.float64)
+    pixels = healpix.lonlat_to_healpix(ra * u.deg, dec * u.deg, nside_of(order), order="nested")
+    return np.asarray(pixels, dtype=np.int64)
+
+
+def neighbour_order(radius_arcsec: float) -> int:
+    """Finest order whose pixels are wide enough that pixel + neighbours cover the disk."""
+    wanted = _RESOLUTION_PER_RADIUS * radius_arcsec
+    order = 0
+    while order < MAX_ORDER and pixel_resolution_arcsec(order + 1) >= wanted:
+        order += 1
+    return order
+
+
+def touched_partitions(
+    ra_deg: npt.ArrayLike, dec_deg: npt.ArrayLike, radius_arcsec: float, partition_order: int
+) -> tuple[IntArray, IntArray]:
+    """Every (position index, partition pixel) pair whose pixel a disk may overlap.
+
+    Pairs are unique and sorted by pixel, then position index.
+    """
+    ra = np.asarray(ra_deg, dtype=np.float64)
+    count = ra.size
+    order = neighbour_order(radius_arcsec)
+    centres = pixels_of(ra, dec_deg, order)
+    neighbours = np.asarray(
+        healpix.neighbours(centres, nside_of(order), order="nested"), dtype=np.int64
+    )
+    candidates = np.vstack((centres[np.newaxis, :], neighbours.reshape(8, count)))
+    position_index = np.broadcast_to(np.arange(count, dtype=np.int64), candidates.shape)
+    present = candidates >= 0  # -1 marks the missing neighbour at 3-pixel corners
+    fine_pixels = candidates[present]
+    positions = position_index[present]
+    if order >= partition_order:
+        partition_pixels = fine_pixels >> (2 * (order - partition_order))
+    else:
+        # Coarse neighbour pixels hold several partitions each: expand to all of them.
+        children = 1 << (2 * (partition_order - order))
+        partition_pixels = (
+            (fine_pixels[:, np.newaxis] << (2 * (partition_order - order)))
+            + np.arange(children, dtype=np.int64)
+        ).ravel()
+        positions = np.repeat(positions, children)
+    keys = np.unique(partition_pixels * count + positions)
+    return keys % count, keys // count
+
+
+def pixel_runs(sorted_pixels: npt.NDArray[np.int64]) -> list[tuple[int, int, int]]:
+    """``(pixel, start, end)`` of each run of equal values in a sorted pixel array."""
+    if sorted_pixels.size == 0:
+        return []
+    starts = np.flatnonzero(np.r_[True, sorted_pixels[1:] != sorted_pixels[:-1]])
+    ends = np.r_[starts[1:], sorted_pixels.size]
+    return [
+        (int(sorted_pixels[start]), int(start), int(end))
+        for start, end in zip(starts, ends, strict=True)
+    ]
