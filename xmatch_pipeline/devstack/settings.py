@@ -42,7 +42,8 @@ class DevstackSettings:
     database_url: str = field(init=False)
     """SQLAlchemy URL of the pipeline database."""
     dagster_postgres_url: str = field(init=False)
-    """Dagster's run storage database, as a plain ``postgresql://`` URL as Dagster expects."""
+    """Dagster's run storage database. The driver is explicit: SQLAlchemy 2.1 (which Dagster
+    hands the URL to) no longer picks psycopg2 for a bare ``postgresql://``."""
 
     def __post_init__(self) -> None:
         credentials = f"{self.postgres_user}:{self.postgres_password}"
@@ -50,7 +51,9 @@ class DevstackSettings:
         derived = {
             "kafka_bootstrap_servers": f"{self.kafka_host}:{self.kafka_port}",
             "database_url": f"postgresql+psycopg2://{credentials}@{server}/{self.postgres_database}",
-            "dagster_postgres_url": f"postgresql://{credentials}@{server}/{self.dagster_database}",
+            "dagster_postgres_url": (
+                f"postgresql+psycopg2://{credentials}@{server}/{self.dagster_database}"
+            ),
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)
@@ -69,6 +72,12 @@ class DevstackSettings:
             "DB_USER": self.postgres_user,
             "DB_PASSWORD": self.postgres_password,
             "DB_NAME": self.postgres_database,
+            # The variables dagster.yaml reads for its run storage.
+            "DAGSTER_PG_HOST": self.postgres_host,
+            "DAGSTER_PG_PORT": str(self.postgres_port),
+            "DAGSTER_PG_USER": self.postgres_user,
+            "DAGSTER_PG_PASSWORD": self.postgres_password,
+            "DAGSTER_PG_DB": self.dagster_database,
             "XMATCH_DEVSTACK_DIR": str(self.devstack_dir),
         }
 

@@ -43,7 +43,8 @@ def check_health(settings: DevstackSettings) -> ServiceHealth:
     )
 
 
-def _prepare_directory(devstack_dir: Path) -> None:
+def prepare_devstack_directory(devstack_dir: Path) -> None:
+    """Create the folder, or say plainly that it cannot be written (before any service starts)."""
     try:
         devstack_dir.mkdir(parents=True, exist_ok=True)
         probe = devstack_dir / ".write-check"
@@ -89,7 +90,7 @@ def ensure_devstack_running(settings: DevstackSettings | None = None) -> Devstac
     settings = settings or devstack_settings()
     if check_health(settings).all_up:
         return settings
-    _prepare_directory(settings.devstack_dir)
+    prepare_devstack_directory(settings.devstack_dir)
     with _exclusive(settings.devstack_dir):
         # Start both before waiting on either: the JVM and PostgreSQL boot in parallel.
         start_postgres(settings)
