@@ -71,3 +71,21 @@ def new_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
     yield create
     if created:
         admin.delete_topics(created, operation_timeout=30)
+
+
+@pytest.fixture(scope="module")
+def fresh_database_url(database_url: str) -> Iterator[str]:
+    """A new, empty database on the devstack server for one test module, dropped afterwards."""
+    from sqlalchemy import create_engine, make_url, text
+    from sqlalchemy.pool import NullPool
+
+    name = f"xmatch_test_{uuid.uuid4().hex[:16]}"
+    server = create_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with server.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with server.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        server.dispose()
