@@ -1,0 +1,304 @@
+"""The batch writer and the match cache on the real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import Engine, create_engine, event, text
+
+from xmatch_pipeline.store.match_cache import MatchCache
+from xmatch_pipeline.store.match_writer import (
+    MatchBatchRows,
+    StepRecord,
+    TableWriteCount,
+    write_match_batch,
+)
+from xmatch_pipeline.store.schema import ensure_schema
+
+STEP = StepRecord(
+    step_id="xmatch-1.0",
+    name="xmatch",
+    version="1.0",
+    date=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+    comments="crossmatch with ALLWISE",
+)
+
+# Two real ALLWISE sources (from ../shared/data/allwise's CDS answer), RA precise to 1e-8.
+SOURCE_A: dict[str, object] = {
+    "oid_catalog": "J124131.46+260233.6",
+    "ra": 190.38110890000002,
+    "dec": 26.0426682,
+    "w1mpro": 10.698,
+    "w2mpro": 10.444,
+    "w3mpro": 8.512,
+    "w4mpro": 6.544,
+    "w1sigmpro": 0.023,
+    "w2sigmpro": 0.021,
+    "w3sigmpro": 0.023,
+    "w4sigmpro": 0.059000000000000004,
+    "j_m_2mass": 13.107999999999999,
+    "h_m_2mass": 12.557,
+    "k_m_2mass": 12.079,
+    "j_msig_2mass": 0.085,
+    "h_msig_2mass": 0.098,
+    "k_msig_2mass": 0.076,
+}
+SOURCE_B: dict[str, object] = {
+    **SOURCE_A,
+    "oid_catalog": "J224840.67+311401.1",
+    "ra": 342.16949390,
+    "dec": 31.2336389,
+    "w4mpro": None,
+    "w4sigmpro": pd.NA,
+    "j_m_2mass": float("nan"),
+}
+
+
+def _xmatch(oid: str, source: dict[str, object], dist: float) -> dict[str, object]:
+    return {"oid": oid, "catid": "allwise", "oid_catalog": source["oid_catalog"], "dist": dist}
+
+
+def _batch(
+    object_ids: list[str],
+    xmatch_rows: list[dict[str, object]],
+    allwise_rows: list[dict[str, object]] | None = None,
+) -> MatchBatchRows:
+    return MatchBatchRows(
+        object_ids=object_ids,
+        allwise_rows=[SOURCE_A, SOURCE_B] if allwise_rows is None else allwise_rows,
+        xmatch_rows=xmatch_rows,
+        step=STEP,
+    )
+
+
+def _contents(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    orders = {
+        "object": "oid",
+        "allwise": "oid_catalog",
+        "xmatch": "oid, catid",
+        "step": "step_id",
+    }
+    with engine.connect() as connection:
+        return {
+            table: [
+                tuple(row)
+                for row in connection.execute(text(f"SELECT * FROM {table} ORDER BY {order}"))
+            ]
+            for table, order in orders.items()
+        }
+
+
+@pytest.fixture(scope="module")
+def schema_engine(fresh_database_url: str) -> Iterator[Engine]:
+    engine = create_engine(fresh_database_url)
+    ensure_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def engine(schema_engine: Engine) -> Engine:
+    with schema_engine.begin() as connection:
+        connection.execute(text("TRUNCATE object, allwise, xmatch, step CASCADE"))
+    return schema_engine
+
+
+def test_writing_the_same_batch_twice_changes_nothing(engine: Engine):
+    batch = _batch(
+        ["ZTF20aaelulu", "ZTF18abcdefg", "ZTF19nomatch"],
+        [_xmatch("ZTF20aaelulu", SOURCE_B, 0.046584), _xmatch("ZTF18abcdefg", SOURCE_A, 0.5)],
+    )
+    with engine.begin() as connection:
+        first = write_match_batch(connection, batch)
+    contents = _contents(engine)
+    with engine.begin() as connection:
+        second = write_match_batch(connection, batch)
+
+    assert first.objects == TableWriteCount(inserted=3)
+    assert first.allwise == TableWriteCount(inserted=2)
+    assert first.xmatch == TableWriteCount(inserted=2)
+    assert first.step == TableWriteCount(inserted=1)
+    nothing = TableWriteCount()
+    assert (second.objects, second.allwise, second.xmatch, second.step) == (nothing,) * 4
+    assert _contents(engine) == contents
+    assert [row[0] for row in contents["object"]] == [
+        "ZTF18abcdefg",
+        "ZTF19nomatch",
+        "ZTF20aaelulu",
+    ]
+
+
+def test_doubles_round_trip_exactly_and_missing_values_stay_null(engine: Engine):
+    with engine.begin() as connection:
+        write_match_batch(
+            connection, _batch(["ZTF20aaelulu"], [_xmatch("ZTF20aaelulu", SOURCE_B, 0.046584)])
+        )
+    with engine.connect() as connection:
+        row = (
+            connection.execute(
+                text("SELECT * FROM allwise WHERE oid_catalog = :key"),
+                {"key": SOURCE_B["oid_catalog"]},
+            )
+            .one()
+            ._mapping
+        )
+        dist = connection.execute(text("SELECT dist FROM xmatch")).scalar_one()
+    assert row["ra"] == 342.16949390
+    assert repr(row["ra"]) == "342.1694939"
+    assert row["dec"] == 31.2336389
+    assert row["w4mpro"] is None
+    assert row["w4sigmpro"] is None  # pd.NA
+    assert row["j_m_2mass"] is None  # NaN is not a value: NULL, never NaN
+    assert row["w1mpro"] == 10.698
+    assert dist == 0.046584
+
+
+def test_two_alerts_of_one_object_keep_the_last_match_by_offset(engine: Engine):
+    """xmatch has one row per object: the later alert's match wins, deterministically."""
+    batch = _batch(
+        ["ZTF20aaelulu", "ZTF20aaelulu"],
+        [_xmatch("ZTF20aaelulu", SOURCE_A, 0.2), _xmatch("ZTF20aaelulu", SOURCE_B, 0.7)],
+        allwise_rows=[SOURCE_A, SOURCE_B, SOURCE_A],
+    )
+    with engine.begin() as connection:
+        counts = write_match_batch(connection, batch)
+    assert counts.xmatch == TableWriteCount(inserted=1)
+    assert counts.allwise == TableWriteCount(inserted=2)
+    assert _contents(engine)["xmatch"] == [
+        ("ZTF20aaelulu", "allwise", SOURCE_B["oid_catalog"], 0.7)
+    ]
+
+    # A later batch with another match replaces the stored one and says so.
+    later = _batch(["ZTF20aaelulu"], [_xmatch("ZTF20aaelulu", SOURCE_A, 0.3)])
+    with engine.begin() as connection:
+        counts = write_match_batch(connection, later)
+    assert counts.xmatch == TableWriteCount(updated=1)
+    assert _contents(engine)["xmatch"] == [
+        ("ZTF20aaelulu", "allwise", SOURCE_A["oid_catalog"], 0.3)
+    ]
+
+
+def test_nearest_policy_is_independent_of_batch_order(engine: Engine):
+    near = _batch(["ZTF20aaelulu"], [_xmatch("ZTF20aaelulu", SOURCE_A, 0.2)])
+    far = _batch(["ZTF20aaelulu"], [_xmatch("ZTF20aaelulu", SOURCE_B, 0.7)])
+    results = []
+    for order in ((near, far), (far, near)):
+        with engine.begin() as connection:
+            connection.execute(text("TRUNCATE object, allwise, xmatch, step CASCADE"))
+        for batch in order:
+            with engine.begin() as connection:
+                write_match_batch(connection, batch, keep="nearest")
+        results.append(_contents(engine)["xmatch"])
+    assert results[0] == results[1] == [("ZTF20aaelulu", "allwise", SOURCE_A["oid_catalog"], 0.2)]
+
+
+def _write_then_crash(engine: Engine, batch: MatchBatchRows) -> None:
+    with engine.begin() as connection:
+        write_match_batch(connection, batch)
+        raise RuntimeError("crash after the write, before the commit")
+
+
+def test_a_rolled_back_transaction_leaves_nothing(engine: Engine):
+    batch = _batch(["ZTF20aaelulu"], [_xmatch("ZTF20aaelulu", SOURCE_B, 0.04)])
+    with pytest.raises(RuntimeError, match="crash after the write"):
+        _write_then_crash(engine, batch)
+    assert _contents(engine) == {"object": [], "allwise": [], "xmatch": [], "step": []}
+
+
+def test_step_date_is_kept_when_the_step_is_unchanged(engine: Engine):
+    with engine.begin() as connection:
+        write_match_batch(connection, _batch([], [], []))
+    restarted = StepRecord(STEP.step_id, STEP.name, STEP.version, datetime.now(UTC), STEP.comments)
+    upgraded = StepRecord(STEP.step_id, STEP.name, "1.1", datetime.now(UTC), STEP.comments)
+    with engine.begin() as connection:
+        unchanged = write_match_batch(connection, MatchBatchRows([], [], [], restarted))
+        assert unchanged.step == TableWriteCount()
+        changed = write_match_batch(connection, MatchBatchRows([], [], [], upgraded))
+        assert changed.step == TableWriteCount(updated=1)
+    assert _contents(engine)["step"] == [
+        (STEP.step_id, STEP.name, "1.1", STEP.comments, upgraded.date)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (_batch([], [], [{**SOURCE_A, "W1mag": 10.0}]), r"unknown column\(s\) \['W1mag'\]"),
+        (_batch([], [], [{**SOURCE_A, "ra": np.float32(342.1695)}]), "lost precision"),
+        (_batch([], [], [{**SOURCE_A, "oid_catalog": None}]), "oid_catalog must be"),
+        (_batch([], [_xmatch("ZTF20aaelulu", SOURCE_A, None)]), "dist must be"),  # type: ignore[arg-type]
+        (
+            _batch(
+                [],
+                [
+                    {
+                        "oid": 1234567890123456789,
+                        "catid": "allwise",
+                        "oid_catalog": "J1",
+                        "dist": 0.1,
+                    }
+                ],
+            ),
+            "oid must be a non-empty string",
+        ),
+    ],
+)
+def test_bad_rows_are_refused_before_writing(engine: Engine, rows: MatchBatchRows, message: str):
+    with pytest.raises(ValueError, match=message), engine.begin() as connection:
+        write_match_batch(connection, rows)
+
+
+def test_writer_refuses_to_autocommit(engine: Engine):
+    with engine.connect() as connection, pytest.raises(ValueError, match="open transaction"):
+        write_match_batch(connection, _batch([], []))
+
+
+def test_match_cache_returns_what_was_written(engine: Engine):
+    batch = _batch(
+        ["ZTF20aaelulu", "ZTF18abcdefg", "ZTF19nomatch"],
+        [_xmatch("ZTF20aaelulu", SOURCE_B, 0.046584), _xmatch("ZTF18abcdefg", SOURCE_A, 0.5)],
+    )
+    with engine.begin() as connection:
+        write_match_batch(connection, batch)
+
+    known = MatchCache(engine).known_matches(
+        ["ZTF20aaelulu", "ZTF19nomatch", "ZTF17unknown", "ZTF18abcdefg"]
+    )
+
+    assert set(known) == {"ZTF20aaelulu", "ZTF18abcdefg"}
+    match = known["ZTF20aaelulu"]
+    assert match.dist == 0.046584
+    assert match.allwise["oid_catalog"] == SOURCE_B["oid_catalog"]
+    assert match.allwise["ra"] == 342.16949390
+    assert match.allwise["w4mpro"] is None
+    assert match.allwise["j_m_2mass"] is None
+    assert known["ZTF18abcdefg"].allwise == SOURCE_A
+    assert MatchCache(engine).known_matches([]) == {}
+
+
+def test_large_batch_is_written_in_bulk_statements(engine: Engine):
+    """Thousands of rows go in a few multi-row statements, not one round trip per row."""
+    count = 2500
+    object_ids = [f"ZTF20bulk{index:05d}" for index in range(count)]
+    sources = [{**SOURCE_A, "oid_catalog": f"J{index:05d}"} for index in range(count)]
+    matches = [_xmatch(oid, source, 0.1) for oid, source in zip(object_ids, sources, strict=True)]
+    statements: list[str] = []
+
+    def count_statement(*arguments: object) -> None:
+        statements.append(str(arguments[2]))  # (connection, cursor, statement, ...)
+
+    event.listen(engine, "before_cursor_execute", count_statement)
+    try:
+        with engine.begin() as connection:
+            counts = write_match_batch(connection, _batch(object_ids, matches, sources))
+    finally:
+        event.remove(engine, "before_cursor_execute", count_statement)
+
+    assert counts.objects.inserted == counts.allwise.inserted == counts.xmatch.inserted == count
+    inserts = [statement for statement in statements if statement.lstrip().startswith("INSERT")]
+    assert len(inserts) < 50, f"{len(inserts)} INSERT statements for {count} rows per table"
