@@ -1,0 +1,352 @@
+"""The CDS XMatch client against a real local ``cds-server`` and the real CDS exchange."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from xmatch_pipeline.cds_server import CdsXmatchServer, Fault, ServedCatalogs
+from xmatch_pipeline.match.allwise import ALLWISE_SPEC, CDS_COLUMNS
+from xmatch_pipeline.match.catalog_aliases import cds_catalog_parameter, vizier_table
+from xmatch_pipeline.match.catalog_spec import CatalogSpec
+from xmatch_pipeline.match.cds_client import CdsClientSettings, CdsXmatchClient
+from xmatch_pipeline.match.cds_errors import (
+    CdsBannedError,
+    CdsRejectedError,
+    CdsUnavailableError,
+    RetryableResponseError,
+)
+from xmatch_pipeline.match.cds_response import (
+    is_html_page,
+    parse_xmatch_csv,
+    query_status_message,
+    read_raw_table,
+)
+from xmatch_pipeline.match.cds_upload import healpix_indices
+from xmatch_pipeline.match.engine import CrossmatchError
+from xmatch_pipeline.match.match_cache import InMemoryMatchCache
+from xmatch_pipeline.match.unmatched import unmatched_ids
+from xmatch_pipeline_tests.cds_fixtures import (
+    REQUEST_FILE,
+    RESPONSE_FILE,
+    allwise_data,
+    build_allwise_index,
+)
+
+RETRIED_KINDS = [
+    "500",
+    "503",
+    "504",
+    "html200",
+    "too_many_jobs",
+    "truncated",
+    "cut_connection",
+    "drop",
+]
+
+
+@pytest.fixture(scope="module")
+def allwise_index(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_allwise_index(shared_data_dir, tmp_path_factory.mktemp("allwise"))
+
+
+@pytest.fixture(scope="module")
+def running_server(allwise_index: Path) -> Iterator[CdsXmatchServer]:
+    with CdsXmatchServer(ServedCatalogs({"allwise": allwise_index})) as server:
+        yield server
+
+
+@pytest.fixture
+def server(running_server: CdsXmatchServer) -> CdsXmatchServer:
+    running_server.set_faults([])
+    running_server.clear_requests()
+    return running_server
+
+
+@pytest.fixture(scope="module")
+def positions(shared_data_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(allwise_data(shared_data_dir) / REQUEST_FILE, dtype={"id": "int64"})
+
+
+@pytest.fixture(scope="module")
+def response_body(shared_data_dir: Path) -> bytes:
+    return (allwise_data(shared_data_dir) / RESPONSE_FILE).read_bytes()
+
+
+def quick_client(url: str, **overrides: Any) -> CdsXmatchClient:
+    """Sub-second timeouts and backoffs, so fault tests stay fast."""
+    settings = {
+        "connect_timeout_seconds": 0.5,
+        "read_timeout_seconds": 2.0,
+        "deadline_seconds": 5.0,
+        "backoff_initial_seconds": 0.01,
+        "backoff_max_seconds": 0.05,
+        **overrides,
+    }
+    return CdsXmatchClient(CdsClientSettings(url=url, **settings))
+
+
+def uploaded_positions(upload: bytes) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(upload), dtype={"id_in": "string"})
+
+
+# --- the real exchange, parsed ---------------------------------------------------------
+
+
+def test_real_response_is_parsed_with_exact_types(response_body: bytes) -> None:
+    table = parse_xmatch_csv(response_body)
+    assert len(table) == 5440
+    assert table["angDist"].dtype == np.float64
+    assert table["col1"].dtype == np.int64
+    assert table["AllWISE"].dtype == "string"
+    for column in CDS_COLUMNS[1:]:
+        assert table[column].dtype == "Float64", column
+    assert int(table["e_W4mag"].isna().sum()) == 584
+    assert not np.isnan(table["e_W4mag"].to_numpy(dtype=np.float64, na_value=0.0)).any()
+    texts = [row["id_in"] for row in csv.DictReader(io.StringIO(response_body.decode()))]
+    assert [str(value) for value in table["id_in"]] == texts
+    assert table["RAJ2000"].iloc[1] == 214.49810609999997
+
+
+def test_cut_short_or_foreign_bodies_are_retryable(response_body: bytes) -> None:
+    with pytest.raises(RetryableResponseError, match="cut short"):
+        read_raw_table(response_body[: len(response_body) // 2])
+    cut_at_line_end = response_body[: response_body.index(b"\n", 5000) + 1]
+    cut_mid_row = cut_at_line_end + response_body[len(cut_at_line_end) :][:40] + b"\n"
+    with pytest.raises(RetryableResponseError, match="fields"):
+        read_raw_table(cut_mid_row)
+    with pytest.raises(RetryableResponseError, match="angDist"):
+        read_raw_table(b"Too many jobs\n")
+    assert is_html_page(b"<html><head><title>504 Gateway Time-out</title></head></html>")
+    assert not is_html_page(response_body)
+
+
+def test_query_status_message_is_read_from_a_votable() -> None:
+    body = (
+        b'<?xml version="1.0"?><VOTABLE xmlns="http://www.ivoa.net/xml/VOTable/v1.3">'
+        b'<RESOURCE type="results"><INFO name="QUERY_STATUS" value="ERROR">'
+        b"Unknown column foo</INFO></RESOURCE></VOTABLE>"
+    )
+    assert query_status_message(body) == "Unknown column foo"
+    assert query_status_message(b"angDist,col1\n") is None
+
+
+def test_catalog_aliases() -> None:
+    assert cds_catalog_parameter("allwise") == "vizier:II/328/allwise"
+    assert cds_catalog_parameter("ALLWISE") == "vizier:II/328/allwise"
+    assert cds_catalog_parameter("vizier:I/355/gaiadr3") == "vizier:I/355/gaiadr3"
+    assert vizier_table("II/246/out") == "II/246/out"
+
+
+def test_radius_above_cds_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match="180"):
+        CatalogSpec("allwise", CDS_COLUMNS, radius_arcsec=181.0)
+
+
+# --- the full run --------------------------------------------------------------------
+
+
+def test_full_run_in_chunks_reproduces_the_real_cds_answer(
+    server: CdsXmatchServer, positions: pd.DataFrame, response_body: bytes
+) -> None:
+    client = quick_client(server.url, chunk_rows=1000)
+    matches = client.crossmatch(positions, ALLWISE_SPEC)
+
+    assert len(server.requests) == 6
+    assert [len(uploaded_positions(r.upload or b"")) for r in server.requests] == [1000] * 5 + [553]
+    assert list(matches.columns) == ["id", "angDist", *CDS_COLUMNS]
+    assert matches["id"].dtype == np.int64
+    assert matches["angDist"].dtype == np.float64
+
+    expected = parse_xmatch_csv(response_body).set_index("id_in")
+    got = matches.set_index("id")
+    assert sorted(got.index) == sorted(expected.index)
+    assert (got["AllWISE"].to_numpy() == expected.loc[got.index, "AllWISE"].to_numpy()).all()
+    distance_error = np.abs(
+        got["angDist"].to_numpy() - expected.loc[got.index, "angDist"].to_numpy()
+    )
+    assert distance_error.max() < 1e-3
+    assert got["e_W4mag"].isna().sum() == 584
+
+    unmatched = unmatched_ids(positions, matches)
+    assert len(unmatched) == 113
+    assert not set(unmatched) & set(expected.index)
+    # Matches come back in input order.
+    order = positions.reset_index().set_index("id").loc[matches["id"], "index"]
+    assert order.is_monotonic_increasing
+
+
+def test_uploads_are_in_healpix_order(server: CdsXmatchServer, positions: pd.DataFrame) -> None:
+    quick_client(server.url, chunk_rows=2000).crossmatch(positions, ALLWISE_SPEC)
+    uploads = pd.concat(
+        [uploaded_positions(record.upload or b"") for record in server.requests],
+        ignore_index=True,
+    )
+    assert len(server.requests) == 3
+    assert len(uploads) == len(positions)
+    cells = healpix_indices(uploads["ra_in"].to_numpy(), uploads["dec_in"].to_numpy())
+    assert (np.diff(cells) >= 0).all()
+    # Positions travel as exact doubles and ids as exact text.
+    by_id = positions.set_index("id")
+    assert (uploads["ra_in"].to_numpy() == by_id.loc[uploads["id_in"].astype("int64"), "ra"]).all()
+
+
+def test_two_requests_in_flight_give_the_same_answer(
+    server: CdsXmatchServer, positions: pd.DataFrame
+) -> None:
+    sequential = quick_client(server.url, chunk_rows=1500).crossmatch(positions, ALLWISE_SPEC)
+    parallel = quick_client(server.url, chunk_rows=1500, max_in_flight=2).crossmatch(
+        positions, ALLWISE_SPEC
+    )
+    pd.testing.assert_frame_equal(sequential, parallel)
+    assert len(server.requests) == 8
+
+
+def test_string_and_nineteen_digit_ids_come_back_exact(
+    server: CdsXmatchServer, positions: pd.DataFrame
+) -> None:
+    sample = positions.iloc[:50].reset_index(drop=True)
+    big = sample.assign(id=np.arange(50, dtype=np.int64) + 9_123_456_789_012_345_000)
+    matches = quick_client(server.url).crossmatch(big, ALLWISE_SPEC)
+    assert matches["id"].dtype == np.int64
+    assert set(matches["id"]) <= set(big["id"])
+    assert len(matches) == len(quick_client(server.url).crossmatch(sample, ALLWISE_SPEC))
+
+    texts = sample.assign(id=[f"00{number}" for number in range(50)]).astype({"id": object})
+    string_matches = quick_client(server.url).crossmatch(texts, ALLWISE_SPEC)
+    assert set(string_matches["id"]) <= {f"00{number}" for number in range(50)}
+    assert all(isinstance(value, str) for value in string_matches["id"])
+
+
+def test_all_selection_and_wider_radius(server: CdsXmatchServer, positions: pd.DataFrame) -> None:
+    spec = CatalogSpec("II/328/allwise", ("AllWISE", "W1mag"), radius_arcsec=30.0, selection="all")
+    matches = quick_client(server.url).crossmatch(positions.iloc[:500], spec)
+    assert list(matches.columns) == ["id", "angDist", "AllWISE", "W1mag"]
+    assert (matches["angDist"] <= 30.0).all()
+    assert server.requests[0].fields["cat2"] == "vizier:II/328/allwise"
+    assert server.requests[0].fields["selection"] == "all"
+    assert server.requests[0].fields["cols2"] == "AllWISE,W1mag"
+
+
+# --- faults --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", RETRIED_KINDS)
+def test_transient_faults_are_retried_with_the_same_upload(
+    server: CdsXmatchServer, positions: pd.DataFrame, kind: str
+) -> None:
+    sample = positions.iloc[:300]
+    expected = quick_client(server.url).crossmatch(sample, ALLWISE_SPEC)
+    server.clear_requests()
+    server.set_faults([Fault(kind, times=2)])
+
+    matches = quick_client(server.url).crossmatch(sample, ALLWISE_SPEC)
+
+    pd.testing.assert_frame_equal(matches, expected)
+    records = server.requests
+    assert [record.fault for record in records] == [kind, kind, None]
+    assert len({record.upload for record in records}) == 1
+    assert len({tuple(sorted(record.fields.items())) for record in records}) == 1
+
+
+def test_a_slow_answer_times_out_and_is_retried(
+    server: CdsXmatchServer, positions: pd.DataFrame
+) -> None:
+    server.set_faults([Fault("delay", times=1, seconds=1.0)])
+    client = quick_client(server.url, read_timeout_seconds=0.3)
+    matches = client.crossmatch(positions.iloc[:100], ALLWISE_SPEC)
+    assert len(matches) > 0
+    assert [record.fault for record in server.requests] == ["delay", None]
+
+
+def test_the_deadline_bounds_the_attempts(server: CdsXmatchServer, positions: pd.DataFrame) -> None:
+    server.set_faults([Fault("delay", times=None, seconds=0.6)])
+    client = quick_client(server.url, read_timeout_seconds=0.2, deadline_seconds=1.0)
+    with pytest.raises(CdsUnavailableError) as raised:
+        client.crossmatch(positions.iloc[:100], ALLWISE_SPEC)
+    message = str(raised.value)
+    assert server.url in message
+    assert "chunk 1/1 (100 rows)" in message
+    assert "deadline" in message
+    assert "ReadTimeout" in message
+    assert 2 <= len(server.requests) <= 8
+    assert f"after {len(server.requests)} attempts" in message
+
+
+def test_the_attempt_limit_bounds_the_retries(
+    server: CdsXmatchServer, positions: pd.DataFrame
+) -> None:
+    server.set_faults([Fault("503", times=None)])
+    client = quick_client(server.url, max_attempts=3)
+    with pytest.raises(CdsUnavailableError, match=r"failed 3 attempts.*HTTP 503") as raised:
+        client.crossmatch(positions.iloc[:100], ALLWISE_SPEC)
+    assert isinstance(raised.value, CrossmatchError)
+    assert len(server.requests) == 3
+
+
+def test_a_400_is_not_retried_and_surfaces_the_service_message(
+    server: CdsXmatchServer, positions: pd.DataFrame
+) -> None:
+    server.set_faults([Fault("400", times=None, message="Table II/328/allwise is busy")])
+    with pytest.raises(CdsRejectedError) as raised:
+        quick_client(server.url).crossmatch(positions.iloc[:100], ALLWISE_SPEC)
+    assert raised.value.service_message == "Table II/328/allwise is busy"
+    assert "Not retried" in str(raised.value)
+    assert len(server.requests) == 1
+
+
+def test_an_unknown_column_or_table_is_rejected_by_the_server(
+    server: CdsXmatchServer, positions: pd.DataFrame
+) -> None:
+    bad_column = CatalogSpec("allwise", ("AllWISE", "W9mag"))
+    with pytest.raises(CdsRejectedError, match="W9mag"):
+        quick_client(server.url).crossmatch(positions.iloc[:10], bad_column)
+    with pytest.raises(CdsRejectedError, match="Unknown table 'I/355/gaiadr3'"):
+        quick_client(server.url).crossmatch(positions.iloc[:10], CatalogSpec("I/355/gaiadr3", ()))
+    assert len(server.requests) == 2
+
+
+def test_a_403_is_raised_at_once(server: CdsXmatchServer, positions: pd.DataFrame) -> None:
+    server.set_faults([Fault("403", times=None)])
+    with pytest.raises(CdsBannedError, match=r"banned.*wait.*contact CDS") as raised:
+        quick_client(server.url, chunk_rows=1000).crossmatch(positions, ALLWISE_SPEC)
+    assert isinstance(raised.value, CrossmatchError)
+    assert len(server.requests) == 1
+
+
+def test_an_unreachable_service_gives_a_clear_error(positions: pd.DataFrame) -> None:
+    client = quick_client("http://127.0.0.1:9/xmatch/api/v1/sync", deadline_seconds=0.5)
+    with pytest.raises(CdsUnavailableError, match=r"127\.0\.0\.1:9.*ConnectionError"):
+        client.crossmatch(positions.iloc[:10], ALLWISE_SPEC)
+
+
+# --- the cache -----------------------------------------------------------------------
+
+
+def test_cached_objects_are_not_sent_again(
+    server: CdsXmatchServer, positions: pd.DataFrame
+) -> None:
+    cache = InMemoryMatchCache()
+    settings = CdsClientSettings(url=server.url, connect_timeout_seconds=0.5)
+    client = CdsXmatchClient(settings, cache=cache)
+    first = client.crossmatch(positions.iloc[:400], ALLWISE_SPEC)
+    assert len(server.requests) == 1
+
+    again = client.crossmatch(positions.iloc[:400], ALLWISE_SPEC)
+    pd.testing.assert_frame_equal(again, first)
+    assert len(server.requests) == 2  # the unmatched ones are asked again
+    assert len(uploaded_positions(server.requests[1].upload or b"")) == 400 - len(first)
+
+    wider = client.crossmatch(positions.iloc[:600], ALLWISE_SPEC)
+    uploaded = uploaded_positions(server.requests[2].upload or b"")
+    assert not set(uploaded["id_in"].astype("int64")) & set(first["id"])
+    pd.testing.assert_frame_equal(wider.iloc[: len(first)], first)
+    direct = quick_client(server.url).crossmatch(positions.iloc[:600], ALLWISE_SPEC)
+    pd.testing.assert_frame_equal(wider, direct)
