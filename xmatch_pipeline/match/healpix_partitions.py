@@ -68,9 +68,10 @@ def touched_partitions(
     count = ra.size
     order = neighbour_order(radius_arcsec)
     centres = pixels_of(ra, dec_deg, order)
-    neighbours = np.asarray(
-        healpix.neighbours(centres, nside_of(order), order="nested"), dtype=np.int64
-    )
+    with np.errstate(invalid="ignore"):  # astropy-healpix flags the missing corner neighbour
+        neighbours = np.asarray(
+            healpix.neighbours(centres, nside_of(order), order="nested"), dtype=np.int64
+        )
     candidates = np.vstack((centres[np.newaxis, :], neighbours.reshape(8, count)))
     position_index = np.broadcast_to(np.arange(count, dtype=np.int64), candidates.shape)
     present = candidates >= 0  # -1 marks the missing neighbour at 3-pixel corners
