@@ -1,0 +1,1 @@
+"""Operator tools over alert packets: inspect, replay to Kafka, generate synthetic alerts."""
