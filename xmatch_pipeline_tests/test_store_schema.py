@@ -51,14 +51,13 @@ def test_schema_created_concurrently_by_two_sessions_and_again(
     with empty_engine.connect() as connection:
         extensions = connection.execute(text("SELECT extname FROM pg_extension")).scalars()
         assert "btree_gist" in set(extensions)
-        allwise_types = dict(
-            connection.execute(
-                text(
-                    "SELECT column_name, data_type FROM information_schema.columns "
-                    "WHERE table_name = 'allwise' AND column_name <> 'oid_catalog'"
-                )
-            ).all()
+        columns = connection.execute(
+            text(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_name = 'allwise' AND column_name <> 'oid_catalog'"
+            )
         )
+        allwise_types: dict[str, str] = {row.column_name: row.data_type for row in columns}
     assert len(allwise_types) == 16
     assert set(allwise_types.values()) == {"double precision"}
     assert inspector.get_pk_constraint("xmatch")["constrained_columns"] == ["oid", "catid"]
