@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 from pathlib import Path
 from typing import Any, cast
 
@@ -87,11 +88,12 @@ def test_deflate_containers_decode(ztf_alert_files: list[Path]) -> None:
     ("value", "reason_part"),
     [
         (b"", "empty message"),
+        (None, "empty message"),
         (b"\x00garbage bytes, not Avro", "not an Avro container"),
         (b"Obj\x01\x04\x16avro.schema", "truncated Avro container"),
     ],
 )
-def test_garbage_raises_the_typed_error_with_origin(value: bytes, reason_part: str) -> None:
+def test_garbage_raises_the_typed_error_with_origin(value: bytes | None, reason_part: str) -> None:
     with pytest.raises(AlertDecodeError) as caught:
         decode_alert(value, topic="ztf_20200101_programid1", partition=3, offset=42)
     error = caught.value
@@ -137,3 +139,11 @@ def test_two_alerts_in_one_message_are_refused(ztf_alert_files: list[Path]) -> N
     fastavro.writer(buffer, alert.schema.parsed, [alert.record, alert.record])
     with pytest.raises(AlertDecodeError, match="exactly one alert"):
         decode_alert(buffer.getvalue())
+
+
+def test_decoded_alerts_pickle_through_the_schema_cache(ztf_alert_files: list[Path]) -> None:
+    alert = decode_alert(ztf_alert_files[-1].read_bytes())
+    copy = pickle.loads(pickle.dumps(alert))
+    assert copy.record == alert.record
+    assert copy.schema is alert.schema
+    assert bytes(copy.payload) == bytes(alert.payload)

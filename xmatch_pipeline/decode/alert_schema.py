@@ -37,6 +37,10 @@ class AlertSchema:
     not_ztf_reason: str | None = field(repr=False)
     sync_marker: bytes = field(repr=False)
 
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        """Pickle as the text alone: unpickling goes through the cache, never re-parses twice."""
+        return schema_from_text, (self.text,)
+
     def as_json(self) -> dict[str, Any]:
         """A fresh, unparsed copy of the schema, safe to modify."""
         document: dict[str, Any] = json.loads(self.text)

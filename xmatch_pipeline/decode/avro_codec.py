@@ -29,6 +29,10 @@ class DecodedAlert:
     schema: AlertSchema
     payload: bytes | memoryview = field(repr=False, compare=False)
 
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any], AlertSchema, bytes]]:
+        """Picklable (a memoryview is not), e.g. for an orchestrator's IO manager."""
+        return DecodedAlert, (self.record, self.schema, bytes(self.payload))
+
     @property
     def writer_schema(self) -> dict[str, Any]:
         return self.schema.parsed
@@ -78,7 +82,7 @@ def _check_version(version: Any) -> None:
     _checked_versions.add(str(version))
 
 
-def _decode(value: bytes) -> DecodedAlert:
+def _decode(value: bytes | None) -> DecodedAlert:
     container = read_container(value)
     schema = schema_from_text(container.schema_text)
     if schema.not_ztf_reason is not None:
@@ -106,7 +110,7 @@ def _decode(value: bytes) -> DecodedAlert:
 
 
 def decode_alert(
-    value: bytes,
+    value: bytes | None,
     *,
     topic: str | None = None,
     partition: int | None = None,

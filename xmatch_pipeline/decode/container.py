@@ -114,8 +114,10 @@ def _decompress(payload: memoryview, codec: str) -> bytes | memoryview:
         raise AlertDecodeError(f"corrupt deflate block in Avro container: {error}") from error
 
 
-def read_container(data: bytes) -> Container:
+def read_container(data: bytes | bytearray | memoryview | None) -> Container:
     """Split a container file into schema text, codec and blocks, checking every sync marker."""
+    if data is None:
+        raise AlertDecodeError("empty message: no value (a tombstone?)")
     if not isinstance(data, bytes):
         if not isinstance(data, bytearray | memoryview):
             raise AlertDecodeError(f"expected bytes, got {type(data).__name__}")
