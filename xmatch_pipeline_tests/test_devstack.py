@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -29,7 +31,11 @@ from xmatch_pipeline.devstack.kafka_server import (
     kafka_pid,
 )
 from xmatch_pipeline.devstack.ports import ensure_port_free
-from xmatch_pipeline.devstack.postgres_server import find_postgres_bin, postgres_pid
+from xmatch_pipeline.devstack.postgres_server import (
+    find_postgres_bin,
+    postgres_pid,
+    preflight_postgres,
+)
 from xmatch_pipeline.devstack.stack import prepare_devstack_directory
 
 
@@ -279,3 +285,18 @@ def test_bad_port_in_environment_is_named(monkeypatch):
 
     with pytest.raises(ValueError, match="XMATCH_DEVSTACK_POSTGRES_PORT='fifteen'"):
         devstack_settings()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only as root does PostgreSQL run as another account")
+def test_folder_the_postgres_account_cannot_enter_is_named(monkeypatch):
+    # pytest's own tmp_path sits under a private folder already; this one is open but for one.
+    with tempfile.TemporaryDirectory(prefix="devstack-reach-") as open_folder:
+        Path(open_folder).chmod(0o755)
+        private = Path(open_folder) / "private"
+        private.mkdir(mode=0o700)
+        monkeypatch.setenv("XMATCH_DEVSTACK_DIR", str(private / "devstack"))
+        monkeypatch.setenv("XMATCH_DEVSTACK_POSTGRES_PORT", str(_free_port()))
+
+        with pytest.raises(PrerequisiteMissingError, match=f"cannot enter {private} ") as raised:
+            preflight_postgres(devstack_settings())
+    assert "XMATCH_DEVSTACK_DIR" in str(raised.value)

@@ -101,17 +101,25 @@ def _check_java_version(java: str) -> None:
         )
 
 
+_MAVEN_MISSING = (
+    "Maven ('mvn') is required once, to fetch the Kafka broker's jars from Maven Central, "
+    "and was not found on PATH. Install it: 'apt-get install maven'."
+)
+
+
+def _jars_fetched(paths: KafkaPaths) -> bool:
+    """Whether a complete fetch for the packaged pom is in place (its copy is written last)."""
+    return paths.fetched_pom.is_file() and paths.fetched_pom.read_text() == _packaged_pom()
+
+
 def ensure_kafka_jars(paths: KafkaPaths) -> None:
     """Fetch the broker's jars from Maven Central once; reuse them while the pom is unchanged."""
-    pom = _packaged_pom()
-    if paths.fetched_pom.is_file() and paths.fetched_pom.read_text() == pom:
+    if _jars_fetched(paths):
         return
+    pom = _packaged_pom()
     maven = shutil.which("mvn")
     if maven is None:
-        raise PrerequisiteMissingError(
-            "Maven ('mvn') is required once, to fetch the Kafka broker's jars from Maven Central, "
-            "and was not found on PATH. Install it: 'apt-get install maven'."
-        )
+        raise PrerequisiteMissingError(_MAVEN_MISSING)
     staging = paths.root / "libs.fetching"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -159,15 +167,26 @@ def ensure_kafka_jars(paths: KafkaPaths) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+_MAVEN_BOILERPLATE = (
+    "To see the full stack trace",
+    "Re-run Maven",
+    "For more information",
+    "[Help",
+)
+
+
 def _maven_failure_summary(output: str) -> str:
-    """The lines of Maven's output that say what went wrong, without its stack traces."""
-    lines = [
-        line.strip()
-        for line in output.splitlines()
-        if line.startswith("[ERROR]") and "-> [Help" not in line and line.strip() != "[ERROR]"
-    ]
-    summary = " ".join(lines[:3]) if lines else output.strip()[-500:]
-    return summary or "Maven failed without a message"
+    """The first line of Maven's output that says what went wrong, without its boilerplate."""
+    for raw_line in _ANSI_ESCAPE.sub("", output).splitlines():
+        line = raw_line.strip()
+        if not line.startswith("[ERROR]"):
+            continue
+        message = re.sub(r"\s*-> \[Help \d+\]$", "", line.removeprefix("[ERROR]").strip())
+        if message and not message.startswith(_MAVEN_BOILERPLATE):
+            # Maven puts the root cause (unknown host, refused connection) at the end.
+            return message if len(message) <= 400 else "..." + message[-400:]
+    return output.strip()[-600:] or "Maven failed without a message"
 
 
 def _cluster_id() -> str:
@@ -255,17 +274,28 @@ def kafka_pid(settings: DevstackSettings) -> int | None:
     return running_pid(paths.pid, str(paths.config))
 
 
-def start_kafka(settings: DevstackSettings) -> None:
-    """Start the broker unless ours already runs (checks ports, fetches jars, formats storage)."""
-    paths = KafkaPaths(settings.devstack_dir)
+def preflight_kafka(settings: DevstackSettings) -> str | None:
+    """Check what starting the broker needs (free ports, Java, Maven unless the jars are here),
+    before anything starts; the ``java`` to use, or None when ours already runs."""
     if kafka_pid(settings) is not None:
-        return
+        return None
     for port, environment_variable in (
         (settings.kafka_port, KAFKA_PORT_ENV),
         (settings.kafka_controller_port, KAFKA_CONTROLLER_PORT_ENV),
     ):
         ensure_port_free(settings.kafka_host, port, "Kafka broker", environment_variable)
     java = find_java()
+    if not _jars_fetched(KafkaPaths(settings.devstack_dir)) and shutil.which("mvn") is None:
+        raise PrerequisiteMissingError(_MAVEN_MISSING)
+    return java
+
+
+def start_kafka(settings: DevstackSettings) -> None:
+    """Start the broker unless ours already runs (checks, fetches jars, formats storage)."""
+    java = preflight_kafka(settings)
+    if java is None:
+        return
+    paths = KafkaPaths(settings.devstack_dir)
     paths.root.mkdir(parents=True, exist_ok=True)
     ensure_kafka_jars(paths)
     paths.data.mkdir(parents=True, exist_ok=True)

@@ -84,8 +84,11 @@ def _service_account() -> RunAs | None:
 
 
 def _first_unsearchable_ancestor(folder: Path, run_as: RunAs) -> Path | None:
-    """The first folder above ``folder`` that the service account may not enter."""
+    """The first existing folder on the way to ``folder`` that the service account may not
+    enter (folders still to be created are made enterable by the devstack itself)."""
     for ancestor in reversed(folder.parents):
+        if not ancestor.exists():
+            break
         mode = ancestor.stat()
         if mode.st_uid == run_as.uid:
             allowed = bool(mode.st_mode & stat.S_IXUSR)
@@ -227,18 +230,29 @@ def postgres_pid(settings: DevstackSettings) -> int | None:
     return running_pid(paths.pid, str(paths.data))
 
 
-def start_postgres(settings: DevstackSettings) -> None:
-    """Start the server unless ours already runs (checks the port, initialises the cluster)."""
+def preflight_postgres(settings: DevstackSettings) -> tuple[Path, RunAs | None] | None:
+    """Check what starting the server needs (free port, binaries, an account that can reach the
+    data folder) before anything starts; the binaries' folder and the account to run as, or
+    None when ours already runs."""
     if postgres_pid(settings) is not None:
-        return
+        return None
     ensure_port_free(
         settings.postgres_host, settings.postgres_port, "PostgreSQL server", POSTGRES_PORT_ENV
     )
     bin_dir = find_postgres_bin()
     run_as = _service_account()
+    _check_account_can_reach(PostgresPaths(settings.devstack_dir), run_as)
+    return bin_dir, run_as
+
+
+def start_postgres(settings: DevstackSettings) -> None:
+    """Start the server unless ours already runs (checks, initialises the cluster once)."""
+    preflight = preflight_postgres(settings)
+    if preflight is None:
+        return
+    bin_dir, run_as = preflight
     paths = PostgresPaths(settings.devstack_dir)
     paths.root.mkdir(parents=True, exist_ok=True)
-    _check_account_can_reach(paths, run_as)
     _initialise(settings, paths, bin_dir, run_as)
     launch_detached(
         [str(bin_dir / "postgres"), "-D", str(paths.data), *_server_options(settings)],

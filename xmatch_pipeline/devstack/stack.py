@@ -4,6 +4,7 @@ and report whether they answer."""
 from __future__ import annotations
 
 import fcntl
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,8 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xmatch_pipeline.devstack.errors import DevstackError, PrerequisiteMissingError
-from xmatch_pipeline.devstack.kafka_server import start_kafka, stop_kafka, wait_until_kafka_ready
+from xmatch_pipeline.devstack.kafka_server import (
+    kafka_pid,
+    preflight_kafka,
+    start_kafka,
+    stop_kafka,
+    wait_until_kafka_ready,
+)
 from xmatch_pipeline.devstack.postgres_server import (
+    postgres_pid,
+    preflight_postgres,
     start_postgres,
     stop_postgres,
     wait_until_postgres_ready,
@@ -47,9 +56,9 @@ def prepare_devstack_directory(devstack_dir: Path) -> None:
     """Create the folder, or say plainly that it cannot be written (before any service starts)."""
     try:
         devstack_dir.mkdir(parents=True, exist_ok=True)
-        probe = devstack_dir / ".write-check"
-        probe.write_text("ok")
-        probe.unlink()
+        # A unique name: parallel callers must not remove each other's probe.
+        with tempfile.NamedTemporaryFile(dir=devstack_dir, prefix=".write-check-"):
+            pass
     except OSError as error:
         raise PrerequisiteMissingError(
             f"the devstack folder {devstack_dir} is not writable ({error.strerror}); make it "
@@ -81,6 +90,11 @@ def _exclusive(devstack_dir: Path) -> Iterator[None]:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
+def _own_services_running(settings: DevstackSettings) -> bool:
+    """Both processes are this devstack's own, not something else answering on its ports."""
+    return kafka_pid(settings) is not None and postgres_pid(settings) is not None
+
+
 def ensure_devstack_running(settings: DevstackSettings | None = None) -> DevstackSettings:
     """Start whichever service is not running, wait until both answer, return the settings.
 
@@ -88,10 +102,13 @@ def ensure_devstack_running(settings: DevstackSettings | None = None) -> Devstac
     message says what is missing or which log file to read.
     """
     settings = settings or devstack_settings()
-    if check_health(settings).all_up:
+    if _own_services_running(settings) and check_health(settings).all_up:
         return settings
     prepare_devstack_directory(settings.devstack_dir)
     with _exclusive(settings.devstack_dir):
+        # Every check first, so a missing prerequisite never leaves one service half started.
+        preflight_postgres(settings)
+        preflight_kafka(settings)
         # Start both before waiting on either: the JVM and PostgreSQL boot in parallel.
         start_postgres(settings)
         start_kafka(settings)
