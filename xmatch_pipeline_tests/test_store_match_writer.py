@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, create_engine, event, text
 
-from xmatch_pipeline.store.match_cache import MatchCache
+from xmatch_pipeline.store.match_cache import StoredMatchCache
 from xmatch_pipeline.store.match_writer import (
     MatchBatchRows,
     StepRecord,
@@ -266,7 +266,7 @@ def test_match_cache_returns_what_was_written(engine: Engine):
     with engine.begin() as connection:
         write_match_batch(connection, batch)
 
-    known = MatchCache(engine).known_matches(
+    known = StoredMatchCache(engine).known_matches(
         ["ZTF20aaelulu", "ZTF19nomatch", "ZTF17unknown", "ZTF18abcdefg"]
     )
 
@@ -278,7 +278,7 @@ def test_match_cache_returns_what_was_written(engine: Engine):
     assert match.allwise["w4mpro"] is None
     assert match.allwise["j_m_2mass"] is None
     assert known["ZTF18abcdefg"].allwise == SOURCE_A
-    assert MatchCache(engine).known_matches([]) == {}
+    assert StoredMatchCache(engine).known_matches([]) == {}
 
 
 def test_large_batch_is_written_in_bulk_statements(engine: Engine):

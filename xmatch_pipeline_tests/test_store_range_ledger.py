@@ -246,3 +246,30 @@ def _object_exists(engine: Engine, oid: str) -> bool:
     with engine.connect() as connection:
         found = connection.execute(text("SELECT 1 FROM object WHERE oid = :oid"), {"oid": oid})
         return found.first() is not None
+
+
+def test_two_overlapping_ranges_started_at_once_admit_exactly_one(ledger: RangeLedger, topic: str):
+    """Even without the partition lock (an operator's bypass), the ledger admits one range."""
+    barrier = threading.Barrier(2)
+    outcomes: list[object] = []
+
+    def start(offset_range: OffsetRange, run_id: str) -> None:
+        barrier.wait(timeout=10)
+        try:
+            outcomes.append(ledger.record_started(offset_range, "live", run_id))
+        except OverlappingRangeError as error:
+            outcomes.append(error)
+
+    threads = [
+        threading.Thread(target=start, args=(OffsetRange(topic, 0, 0, 100), "sensor-a")),
+        threading.Thread(target=start, args=(OffsetRange(topic, 0, 0, 150), "sensor-b")),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    refused = [outcome for outcome in outcomes if isinstance(outcome, OverlappingRangeError)]
+    assert len(outcomes) == 2
+    assert len(refused) == 1
+    assert len(ledger.failed_or_running(topic, 0)) == 1

@@ -8,7 +8,7 @@ from xmatch_pipeline.store.errors import (
     SchemaError,
     StoreError,
 )
-from xmatch_pipeline.store.match_cache import KnownMatch, MatchCache
+from xmatch_pipeline.store.match_cache import KnownMatch, StoredMatchCache
 from xmatch_pipeline.store.match_writer import (
     MatchBatchRows,
     MatchBatchWriteCounts,
@@ -30,7 +30,6 @@ __all__ = [
     "LedgerOwnershipError",
     "MatchBatchRows",
     "MatchBatchWriteCounts",
-    "MatchCache",
     "OverlappingRangeError",
     "PartitionBusyError",
     "PartitionHold",
@@ -39,6 +38,7 @@ __all__ = [
     "SchemaError",
     "StepRecord",
     "StoreError",
+    "StoredMatchCache",
     "TableWriteCount",
     "ensure_schema",
     "write_match_batch",

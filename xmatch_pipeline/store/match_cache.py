@@ -29,8 +29,8 @@ class KnownMatch:
     allwise: Mapping[str, object]
 
 
-class MatchCache:
-    """Looks up stored allwise matches by object id."""
+class StoredMatchCache:
+    """Stored allwise matches by object id (the database side of ``match.match_cache``)."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
