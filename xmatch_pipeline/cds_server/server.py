@@ -199,6 +199,7 @@ def _handler_class(server: CdsXmatchServer) -> type[BaseHTTPRequestHandler]:
 
 class _Handler(BaseHTTPRequestHandler):
     owner: CdsXmatchServer
+    _request_number: int | None = None
     server_version = "xmatch-pipeline-cds-server/1"
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -256,25 +257,21 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             form = parse_form(self.headers.get("Content-Type", ""), body, urlsplit(self.path).query)
         except ProtocolError as error:
-            number = self.owner._record_arrival({}, None, None)
-            self.owner._record_status(number, 400)
+            self._request_number = self.owner._record_arrival({}, None, None)
             self._send(400, votable_error(str(error)), "text/xml; charset=utf-8")
             return
         fault = self.owner.faults.take()
         number = self.owner._record_arrival(
             form.fields, form.files.get("cat1"), None if fault is None else fault.kind
         )
-        status: int | None = None
-        try:
-            if fault is not None and fault.kind != "delay":
-                status = self._inject(fault, form)
-                return
-            if fault is not None:
-                time.sleep(fault.seconds)
-            status, answer, content_type = self.owner.answer(form.fields, form.files)
-            self._send(status, answer, content_type)
-        finally:
-            self.owner._record_status(number, status)
+        self._request_number = number
+        if fault is not None and fault.kind != "delay":
+            self._inject(fault, form)
+            return
+        if fault is not None:
+            time.sleep(fault.seconds)
+        status, answer, content_type = self.owner.answer(form.fields, form.files)
+        self._send(status, answer, content_type)
 
     def _inject(self, fault: Fault, form: FormData) -> int | None:
         """Answer as the fault says; the status sent, None if none was."""
@@ -309,6 +306,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, cut, content_type)
             return 200
         self.close_connection = True
+        self._note_status(200)
         try:
             self.send_response(200)
             self.send_header("Content-Type", content_type)
@@ -323,7 +321,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_json(self, status: int, document: object) -> None:
         self._send(status, json.dumps(document).encode() + b"\n", "application/json")
 
+    def _note_status(self, status: int) -> None:
+        """Log the status of a sync request before answering, so the log is never behind."""
+        if self._request_number is not None:
+            self.owner._record_status(self._request_number, status)
+
     def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self._note_status(status)
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)

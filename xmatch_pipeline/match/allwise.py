@@ -104,3 +104,9 @@ def xmatch_database_rows(matches: pd.DataFrame) -> list[dict[str, Any]]:
             matches["id"], matches["AllWISE"], matches["angDist"], strict=True
         )
     ]
+
+
+def cds_values(database_row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row of ALeRCE's ``allwise`` table under CDS's names again (for a cache of stored
+    matches, whose values must read as a fresh CDS answer)."""
+    return {cds: database_row[database] for cds, database in DATABASE_COLUMNS.items()}

@@ -1,0 +1,60 @@
+"""``xmatch-pipeline cds-server``: CDS XMatch's protocol over local indexes, offline."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def cds_server_command(
+    catalog: Annotated[
+        list[str],
+        typer.Option(
+            "--catalog",
+            help="A local index to serve: DIR (served under the index's name) or NAME=DIR. "
+            "Repeat for several. `allwise` also answers `vizier:II/328/allwise`.",
+        ),
+    ],
+    *,
+    port: Annotated[int, typer.Option("--port", help="TCP port (0: any free port).")] = 8123,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fault",
+            help="Fault to inject first, KIND[:TIMES[:SECONDS]] (TIMES `*`: for ever), e.g. "
+            "`500:2`, `delay:1:3`. Kinds: delay, 500, 503, 504, html200, 403, 400, "
+            "too_many_jobs, truncated, cut_connection, drop. Change at run time with "
+            "POST /_faults.",
+        ),
+    ] = None,
+) -> None:
+    """Serve local catalog indexes over CDS XMatch's sync protocol (``/xmatch/api/v1/sync``)."""
+    from xmatch_pipeline.cds_server import (
+        CdsXmatchServer,
+        Fault,
+        ServedCatalogs,
+        parse_catalog_argument,
+    )
+    from xmatch_pipeline.match.index_manifest import IndexFormatError
+
+    try:
+        faults = [Fault.from_text(text) for text in fault or []]
+        catalogs = ServedCatalogs([parse_catalog_argument(text) for text in catalog])
+    except (ValueError, IndexFormatError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from error
+    try:
+        server = CdsXmatchServer(catalogs, host=host, port=port, faults=faults)
+    except OSError as error:
+        typer.echo(f"error: cannot listen on {host}:{port}: {error}", err=True)
+        raise typer.Exit(code=1) from error
+    names = ", ".join(served.name for served in catalogs.catalogs)
+    typer.echo(f"serving {names} at {server.url} (faults: {server.base_url}/_faults)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+    finally:
+        server.stop()
