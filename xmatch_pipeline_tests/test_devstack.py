@@ -24,12 +24,9 @@ from xmatch_pipeline.devstack import (
     devstack_settings,
     ensure_devstack_running,
 )
-from xmatch_pipeline.devstack.kafka_server import (
-    KafkaPaths,
-    ensure_kafka_jars,
-    find_java,
-    kafka_pid,
-)
+from xmatch_pipeline.devstack.java_runtime import find_java
+from xmatch_pipeline.devstack.kafka_jars import ensure_kafka_jars
+from xmatch_pipeline.devstack.kafka_server import kafka_pid
 from xmatch_pipeline.devstack.ports import ensure_port_free
 from xmatch_pipeline.devstack.postgres_server import (
     find_postgres_bin,
@@ -245,7 +242,7 @@ def test_missing_maven_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
 
     with pytest.raises(PrerequisiteMissingError, match="apt-get install maven"):
-        ensure_kafka_jars(KafkaPaths(tmp_path))
+        ensure_kafka_jars(tmp_path / "kafka" / "libs")
     assert not (tmp_path / "kafka" / "libs").exists()
 
 
@@ -300,3 +297,13 @@ def test_folder_the_postgres_account_cannot_enter_is_named(monkeypatch):
         with pytest.raises(PrerequisiteMissingError, match=f"cannot enter {private} ") as raised:
             preflight_postgres(devstack_settings())
     assert "XMATCH_DEVSTACK_DIR" in str(raised.value)
+
+
+def test_cluster_ids_never_look_like_an_option():
+    """One id in 64 would start with '-', which Kafka's format tool rejects as an option."""
+    from xmatch_pipeline.devstack.kafka_server import _cluster_id
+
+    ids = [_cluster_id() for _ in range(2000)]
+
+    assert not [cluster_id for cluster_id in ids if cluster_id.startswith("-")]
+    assert {len(cluster_id) for cluster_id in ids} == {22}
