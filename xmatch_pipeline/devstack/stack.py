@@ -4,6 +4,7 @@ and report whether they answer."""
 from __future__ import annotations
 
 import fcntl
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -64,8 +65,10 @@ def prepare_devstack_directory(devstack_dir: Path) -> None:
             f"the devstack folder {devstack_dir} is not writable ({error.strerror}); make it "
             f"writable or choose another folder with {DEVSTACK_DIR_ENV}=/some/writable/folder."
         ) from None
-    # Services running as another account (PostgreSQL as 'postgres') must be able to enter it.
-    devstack_dir.chmod(devstack_dir.stat().st_mode | 0o755)
+    # As root, PostgreSQL runs as the 'postgres' account, which must be able to enter it.
+    mode = devstack_dir.stat().st_mode
+    if os.geteuid() == 0 and mode & 0o055 != 0o055:
+        devstack_dir.chmod(mode | 0o755)
 
 
 @contextmanager
