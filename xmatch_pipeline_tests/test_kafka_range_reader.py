@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from confluent_kafka import TopicPartition
@@ -50,7 +51,7 @@ def _write_transactions(bootstrap: str, topic: str, batches: list[tuple[int, boo
             time.sleep(0.05)
 
 
-def _reader(bootstrap: str, **options: float) -> KafkaRangeReader:
+def _reader(bootstrap: str, **options: Any) -> KafkaRangeReader:
     return KafkaRangeReader(
         KafkaClientConfig(bootstrap), f"test-group-{uuid.uuid4().hex[:8]}", **options
     )

@@ -58,7 +58,9 @@ def read_committed(
                 if error is not None:
                     assert error.code() == KafkaError._PARTITION_EOF, error
                     return received
-                headers = dict(message.headers() or [])
+                raw = message.headers() or []
+                pairs = list(raw.items()) if isinstance(raw, dict) else raw
+                headers = {name: value for name, value in pairs if isinstance(value, bytes)}
                 received.append((message.key(), message.value() or b"", headers))
         raise AssertionError(f"{topic}: end of partition never reached")
     finally:
