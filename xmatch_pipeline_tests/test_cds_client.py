@@ -350,3 +350,14 @@ def test_cached_objects_are_not_sent_again(
     pd.testing.assert_frame_equal(wider.iloc[: len(first)], first)
     direct = quick_client(server.url).crossmatch(positions.iloc[:600], ALLWISE_SPEC)
     pd.testing.assert_frame_equal(wider, direct)
+
+
+def test_settings_refuse_what_would_get_the_address_banned() -> None:
+    with pytest.raises(ValueError, match="banned"):
+        CdsClientSettings(max_in_flight=8)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        CdsClientSettings(chunk_rows=60_000)
+    with pytest.raises(ValueError, match="dec values outside"):
+        CdsXmatchClient().crossmatch(
+            pd.DataFrame({"id": [1], "ra": [1.0], "dec": [91.0]}), ALLWISE_SPEC
+        )

@@ -183,7 +183,7 @@ class CdsXmatchServer:
             matches = catalog.crossmatch(positions, spec)
         except ProtocolError as error:
             return 400, votable_error(str(error)), "text/xml; charset=utf-8"
-        except CrossmatchError as error:
+        except (CrossmatchError, ValueError, OSError) as error:
             _LOG.exception("crossmatch failed")
             return 500, votable_error(f"Internal error: {error}"), "text/xml; charset=utf-8"
         ordered = tuple(column for column in catalog.columns if column in spec.columns)

@@ -46,6 +46,7 @@ from xmatch_pipeline.match.cds_response import (
 )
 from xmatch_pipeline.match.cds_upload import (
     DEFAULT_CHUNK_ROWS,
+    MAX_CHUNK_ROWS,
     UPLOAD_COLUMNS,
     UPLOAD_DEC_COLUMN,
     UPLOAD_ID_COLUMN,
@@ -103,6 +104,11 @@ class CdsClientSettings:
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 1 <= self.chunk_rows <= MAX_CHUNK_ROWS:
+            raise ValueError(
+                f"chunk_rows must be in [1, {MAX_CHUNK_ROWS}] (CDS asks for at most 50,000 "
+                f"rows a request), got {self.chunk_rows}"
+            )
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
 

@@ -37,7 +37,9 @@ def body_preview(body: bytes, limit: int = _MESSAGE_LIMIT) -> str:
 
 
 def is_busy_message(body: bytes) -> bool:
-    """CDS's "Too many jobs are being processed, try later!" refusal."""
+    """CDS's "Too many jobs are being processed, try later!" refusal (never a CSV table)."""
+    if body.lstrip().startswith(ANGULAR_DISTANCE_COLUMN.encode()):
+        return False
     return _BUSY_TEXT in body[:4096].decode("utf-8", errors="replace").lower()
 
 
