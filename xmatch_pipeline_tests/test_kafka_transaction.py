@@ -188,3 +188,18 @@ def test_transactional_ids_are_stable_and_distinct() -> None:
     backfill = backfill_transactional_id(OffsetRange("ztf_20240101_programid1", 3, 10, 20))
     assert backfill == "xmatch-backfill-ztf_20240101_programid1-3-10-20"
     assert transactional_id_for("group one", "t", 0) == "xmatch-group_one-t-0"
+
+
+def test_full_local_queue_waits_instead_of_failing(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    output = new_topic("tx-queue")
+    tiny_queue = KafkaClientConfig(kafka_bootstrap, extra={"queue.buffering.max.messages": 3})
+    with TransactionalPublisher(tiny_queue, f"test-queue-{uuid.uuid4().hex}", FAST) as publisher:
+        publisher.init()
+        with publisher.transaction():
+            for number in range(40):  # far more than the queue holds: BufferError inside
+                publisher.produce(output, value=f"q{number}".encode())
+            publisher.commit()
+    received = read_committed(kafka_bootstrap, output, expected_end=41)
+    assert [value for _, value, _ in received] == [f"q{n}".encode() for n in range(40)]
