@@ -1,0 +1,22 @@
+# One image for the three Dagster processes (code location, webserver, daemon): the same
+# code and dependencies everywhere, chosen by the command in docker-compose.yml.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    DAGSTER_HOME=/opt/dagster/home
+
+WORKDIR /opt/xmatch_pipeline
+COPY pyproject.toml README.md ./
+COPY xmatch_pipeline ./xmatch_pipeline
+RUN pip install --no-cache-dir . \
+    && mkdir -p "$DAGSTER_HOME"
+COPY dagster.yaml workspace.yaml "$DAGSTER_HOME"/
+
+RUN useradd --create-home --uid 10001 xmatch && chown -R xmatch "$DAGSTER_HOME"
+USER xmatch
+WORKDIR /opt/dagster/home
+
+EXPOSE 4000
+CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", \
+     "-m", "xmatch_pipeline.orchestration.definitions"]

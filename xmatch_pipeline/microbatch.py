@@ -1,0 +1,390 @@
+"""One micro-batch, exactly once: read → decode → match → store → publish + commit.
+
+The order of the two commits is what makes every crash converge on a rerun:
+
+1. the range is read and decoded in chunks (memory stays bounded by the chunk, not the
+   range), each chunk crossmatched and its enriched alerts produced into an open Kafka
+   transaction (invisible to ``read_committed`` readers until the commit);
+2. the database rows (idempotent upserts) and the ledger entry commit in one PostgreSQL
+   transaction;
+3. the Kafka transaction commits the output together with the input offsets.
+
+A crash before 2 leaves nothing; between 2 and 3 leaves rows that a rerun rewrites to the
+same values, while the open Kafka transaction is aborted when the rerun's producer (same
+transactional id per input partition) fences it. The partition is held by a PostgreSQL
+advisory lock for the whole run, so two runs never work on one partition at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+import pandas as pd
+from sqlalchemy import Engine
+
+from xmatch_pipeline.decode.avro_codec import DecodedAlert, decode_alert
+from xmatch_pipeline.decode.errors import AlertDecodeError
+from xmatch_pipeline.kafka_config import KafkaClientConfig
+from xmatch_pipeline.match import allwise
+from xmatch_pipeline.match.alert_matching import BatchMatches, crossmatch_alerts
+from xmatch_pipeline.match.catalog_spec import CatalogSpec
+from xmatch_pipeline.match.engine import CrossmatchEngine
+from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.publish.dead_letter import DeadLetter, publish_dead_letter
+from xmatch_pipeline.publish.enriched_alert import Precision, encode_enriched_alert
+from xmatch_pipeline.publish.kafka_transaction import (
+    TransactionalPublisher,
+    backfill_transactional_id,
+    transactional_id_for,
+)
+from xmatch_pipeline.read.kafka_range_reader import KafkaRangeReader, KafkaRecord
+from xmatch_pipeline.store.errors import StoreError
+from xmatch_pipeline.store.match_cache import StoredMatchCache
+from xmatch_pipeline.store.match_writer import (
+    MatchBatchRows,
+    MatchBatchWriteCounts,
+    StepRecord,
+    write_match_batch,
+)
+from xmatch_pipeline.store.range_ledger import RangeCounts, RangeLedger
+
+logger = logging.getLogger(__name__)
+
+RunMode = Literal["live", "backfill"]
+
+#: Named points of a run, in order; a test hook can stop the process at any of them.
+STAGES = ("consumed", "crossmatching", "produced", "database_committed")
+StageHook = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class MicrobatchConfig:
+    """What a run needs besides the range: the flow's settings, already validated."""
+
+    kafka: KafkaClientConfig
+    consumer_group_id: str
+    output_topic: str
+    dead_letter_topic: str
+    catalogs: tuple[CatalogSpec, ...]
+    step: StepRecord
+    chunk_messages: int = 2_000
+    output_precision: Precision = "double"
+    use_match_cache: bool = False
+    stall_timeout_seconds: float = 60.0
+
+
+@dataclass
+class StageSeconds:
+    """Wall time per stage, for the run's metadata (where did the time go)."""
+
+    consume: float = 0.0
+    decode: float = 0.0
+    crossmatch: float = 0.0
+    database: float = 0.0
+    produce: float = 0.0
+    commit: float = 0.0
+
+
+@dataclass
+class MicrobatchReport:
+    """What one run did; becomes asset metadata and the original's metrics message."""
+
+    offset_range: OffsetRange
+    mode: RunMode
+    run_id: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    messages_in: int = 0
+    bytes_in: int = 0
+    alerts_decoded: int = 0
+    alerts_matched: int = 0
+    dead_lettered: int = 0
+    produced: int = 0
+    bytes_out: int = 0
+    sent_to_engine: int = 0
+    served_from_cache: int = 0
+    candids: list[int] = field(default_factory=list)
+    object_ids: list[str] = field(default_factory=list)
+    seconds: StageSeconds = field(default_factory=StageSeconds)
+    database_counts: MatchBatchWriteCounts | None = None
+    output_produced: bool = True
+    offsets_committed: bool = False
+
+    @property
+    def elapsed_seconds(self) -> float:
+        end = self.finished_at or datetime.now(UTC)
+        return (end - self.started_at).total_seconds()
+
+    @property
+    def match_rate(self) -> float:
+        return self.alerts_matched / self.alerts_decoded if self.alerts_decoded else 0.0
+
+    @property
+    def alerts_per_second(self) -> float:
+        elapsed = self.elapsed_seconds
+        return self.messages_in / elapsed if elapsed > 0 else 0.0
+
+
+class MicrobatchError(RuntimeError):
+    """A run failed; nothing of it is visible downstream and its range can run again."""
+
+
+@contextmanager
+def _timed(seconds: StageSeconds, stage: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        setattr(seconds, stage, getattr(seconds, stage) + time.perf_counter() - started)
+
+
+def _decode_chunk(
+    records: list[KafkaRecord],
+) -> tuple[list[DecodedAlert], list[DeadLetter]]:
+    alerts: list[DecodedAlert] = []
+    dead_letters: list[DeadLetter] = []
+    for record in records:
+        try:
+            alerts.append(
+                decode_alert(
+                    record.value,
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                )
+            )
+        except AlertDecodeError as error:
+            dead_letters.append(DeadLetter(record, str(error), type(error).__qualname__))
+    return alerts, dead_letters
+
+
+@dataclass
+class _RangeRun:
+    """One run's inputs and what it gathers on the way to the database."""
+
+    offset_range: OffsetRange
+    mode: RunMode
+    run_id: str
+    produce_output: bool
+    report: MicrobatchReport
+    allwise_matches: list[pd.DataFrame] = field(default_factory=list)
+
+
+def _timed_iteration(
+    chunks: Iterator[list[KafkaRecord]], seconds: StageSeconds
+) -> Iterator[list[KafkaRecord]]:
+    """Count the time spent waiting for each chunk as consume time."""
+    while True:
+        with _timed(seconds, "consume"):
+            records = next(chunks, None)
+        if records is None:
+            return
+        yield records
+
+
+class MicrobatchRunner:
+    """Runs offset ranges through the flow with long-lived clients (engine, database)."""
+
+    def __init__(
+        self,
+        config: MicrobatchConfig,
+        engine: CrossmatchEngine,
+        database: Engine,
+        *,
+        stage_hook: StageHook | None = None,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.database = database
+        self.ledger = RangeLedger(database)
+        self._match_cache = StoredMatchCache(database) if config.use_match_cache else None
+        self._stage_hook = stage_hook or (lambda stage: None)
+
+    def run(
+        self,
+        offset_range: OffsetRange,
+        *,
+        run_id: str,
+        mode: RunMode = "live",
+        produce_output: bool = True,
+    ) -> MicrobatchReport:
+        """Process the range once; raise :class:`MicrobatchError` and leave nothing half-done.
+
+        ``mode='live'`` commits the consumer group's offset to ``offset_range.end`` in the
+        output's transaction. ``mode='backfill'`` never touches the group's offsets; with
+        ``produce_output=False`` it only rewrites the database rows.
+        """
+        if mode == "live" and not produce_output:
+            raise ValueError("a live run must produce its output: it commits the offsets with it")
+        report = MicrobatchReport(
+            offset_range=offset_range,
+            mode=mode,
+            run_id=run_id,
+            started_at=datetime.now(UTC),
+            output_produced=produce_output,
+        )
+        with self.ledger.hold_partition(offset_range.topic, offset_range.partition, run_id) as hold:
+            self.ledger.record_started(offset_range, mode, run_id)
+            run = _RangeRun(offset_range, mode, run_id, produce_output, report)
+            try:
+                self._run_held(run, hold.still_held)
+            except BaseException as error:
+                self._record_failure(offset_range, mode, run_id, error)
+                raise
+        report.finished_at = datetime.now(UTC)
+        return report
+
+    def _record_failure(
+        self, offset_range: OffsetRange, mode: RunMode, run_id: str, error: BaseException
+    ) -> None:
+        try:
+            self.ledger.record_failed(
+                offset_range, mode, run_id, f"{type(error).__name__}: {error}"
+            )
+        except Exception:  # the run's own error is the one worth raising
+            logger.exception("could not record the failure of %s in the ledger", offset_range)
+
+    def _publisher(self, offset_range: OffsetRange, mode: RunMode) -> TransactionalPublisher:
+        transactional_id = (
+            transactional_id_for(
+                self.config.consumer_group_id, offset_range.topic, offset_range.partition
+            )
+            if mode == "live"
+            else backfill_transactional_id(offset_range)
+        )
+        return TransactionalPublisher(self.config.kafka, transactional_id)
+
+    def _run_held(self, run: _RangeRun, still_held: Callable[[], bool]) -> None:
+        config = self.config
+        # Backfills read under a group of their own: nothing of theirs can ever be
+        # committed for the live group.
+        group_id = config.consumer_group_id
+        if run.mode == "backfill":
+            group_id = f"{group_id}.backfill"
+        reader = KafkaRangeReader(
+            config.kafka, group_id, stall_timeout_seconds=config.stall_timeout_seconds
+        )
+        publisher = self._publisher(run.offset_range, run.mode) if run.produce_output else None
+        try:
+            reader.check_readable(run.offset_range)
+            if publisher is not None:
+                publisher.init()
+                publisher.begin()
+            for records in _timed_iteration(
+                reader.read(run.offset_range, config.chunk_messages), run.report.seconds
+            ):
+                self._process_chunk(run, records, publisher)
+            self._stage_hook("produced")
+            with _timed(run.report.seconds, "database"):
+                self._persist(run)
+            self._stage_hook("database_committed")
+            if publisher is not None:
+                if not still_held():
+                    raise MicrobatchError(
+                        f"{run.offset_range}: lost the partition lock (database connection "
+                        "dropped); not committing, the range will run again"
+                    )
+                with _timed(run.report.seconds, "commit"):
+                    self._commit(run, publisher, reader)
+        finally:
+            if publisher is not None:
+                publisher.close()
+            reader.close()
+
+    def _process_chunk(
+        self,
+        run: _RangeRun,
+        records: list[KafkaRecord],
+        publisher: TransactionalPublisher | None,
+    ) -> None:
+        report = run.report
+        report.messages_in += len(records)
+        report.bytes_in += sum(len(record.value) for record in records)
+        self._stage_hook("consumed")
+        with _timed(report.seconds, "decode"):
+            alerts, dead_letters = _decode_chunk(records)
+        self._stage_hook("crossmatching")
+        with _timed(report.seconds, "crossmatch"):
+            matches = crossmatch_alerts(
+                alerts,
+                self.engine,
+                self.config.catalogs,
+                self._match_cache.known_matches if self._match_cache else None,
+            )
+        report.alerts_decoded += len(alerts)
+        report.alerts_matched += matches.matched_alerts
+        report.dead_lettered += len(dead_letters)
+        report.sent_to_engine += matches.sent_to_engine
+        report.served_from_cache += matches.served_from_cache
+        report.candids.extend(alert.candid for alert in alerts)
+        report.object_ids.extend(alert.object_id for alert in alerts)
+        run.allwise_matches.extend(matches.allwise_matches)
+        if publisher is not None:
+            with _timed(report.seconds, "produce"):
+                self._produce(publisher, alerts, dead_letters, matches, report)
+
+    def _commit(
+        self, run: _RangeRun, publisher: TransactionalPublisher, reader: KafkaRangeReader
+    ) -> None:
+        if run.mode == "live":
+            publisher.commit_with_offsets(
+                {(run.offset_range.topic, run.offset_range.partition): run.offset_range.end},
+                reader.consumer_group_metadata(),
+            )
+            run.report.offsets_committed = True
+        else:
+            publisher.commit()
+
+    def _produce(
+        self,
+        publisher: TransactionalPublisher,
+        alerts: list[DecodedAlert],
+        dead_letters: list[DeadLetter],
+        matches: BatchMatches,
+        report: MicrobatchReport,
+    ) -> None:
+        config = self.config
+        for alert in alerts:
+            value = encode_enriched_alert(
+                alert,
+                matches.xmatches_by_candid.get(alert.candid),
+                precision=config.output_precision,
+            )
+            publisher.produce(config.output_topic, value, key=alert.object_id)
+            report.produced += 1
+            report.bytes_out += len(value)
+        for dead_letter in dead_letters:
+            publish_dead_letter(publisher, config.dead_letter_topic, dead_letter)
+
+    def _persist(self, run: _RangeRun) -> None:
+        frames = [frame for frame in run.allwise_matches if len(frame)]
+        combined = pd.concat(frames, ignore_index=True) if frames else None
+        rows = MatchBatchRows(
+            object_ids=run.report.object_ids,
+            allwise_rows=allwise.allwise_database_rows(combined) if combined is not None else [],
+            xmatch_rows=allwise.xmatch_database_rows(combined) if combined is not None else [],
+            step=self.config.step,
+        )
+        counts = RangeCounts(
+            alerts_in=run.report.messages_in,
+            matched=run.report.alerts_matched,
+            dead_lettered=run.report.dead_lettered,
+        )
+        try:
+            with self.database.begin() as connection:
+                # The nearest match per object wins, whatever order ranges run in, so a
+                # backfill over processed offsets rewrites nothing.
+                run.report.database_counts = write_match_batch(connection, rows, keep="nearest")
+                self.ledger.record_succeeded(
+                    run.offset_range, run.mode, run.run_id, counts, connection=connection
+                )
+        except StoreError as error:
+            raise MicrobatchError(
+                f"{run.offset_range}: could not store the matches: {error}"
+            ) from error

@@ -1,0 +1,24 @@
+"""The code location. Settings are validated here, when it loads: a bad setting stops the
+load with a message naming every variable at fault."""
+
+import os
+
+from dagster import Definitions
+
+from xmatch_pipeline.orchestration.assets import ASSET_SPECS
+from xmatch_pipeline.orchestration.jobs import xmatch_backfill, xmatch_microbatch
+from xmatch_pipeline.orchestration.resources import XmatchResource
+from xmatch_pipeline.orchestration.sensors import build_kafka_lag_sensor
+from xmatch_pipeline.settings import PipelineSettings, load_settings
+
+
+def build_definitions(settings: PipelineSettings) -> Definitions:
+    return Definitions(
+        assets=ASSET_SPECS,
+        jobs=[xmatch_microbatch, xmatch_backfill],
+        sensors=[build_kafka_lag_sensor(settings.sensor_interval_seconds)],
+        resources={"xmatch": XmatchResource()},
+    )
+
+
+defs = build_definitions(load_settings(os.environ))

@@ -1,0 +1,141 @@
+"""``kafka_lag_sensor``: reads offsets (never messages) and requests one run per lagging
+partition. The planning rules are in ``xmatch_pipeline.run_planning``."""
+
+import json
+
+from dagster import (
+    AssetObservation,
+    DagsterInstance,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    MetadataValue,
+    RunRequest,
+    RunsFilter,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    sensor,
+)
+
+from xmatch_pipeline.orchestration import run_tags
+from xmatch_pipeline.orchestration.assets import INPUT_TOPICS
+from xmatch_pipeline.orchestration.jobs import xmatch_backfill, xmatch_microbatch
+from xmatch_pipeline.orchestration.resources import XmatchResource
+from xmatch_pipeline.read.kafka_offsets import PartitionLag
+from xmatch_pipeline.run_planning import PartitionKey, PlannedRun, plan_runs
+
+UNFINISHED_STATUSES = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+]
+
+
+def partitions_in_flight(instance: DagsterInstance) -> set[PartitionKey]:
+    """Partitions with a queued or running run of either job (tags name them)."""
+    busy: set[PartitionKey] = set()
+    for job_name in (xmatch_microbatch.name, xmatch_backfill.name):
+        runs = instance.get_runs(
+            filters=RunsFilter(job_name=job_name, statuses=UNFINISHED_STATUSES)
+        )
+        for run in runs:
+            topic, partition = run.tags.get(run_tags.TOPIC), run.tags.get(run_tags.PARTITION)
+            if topic is not None and partition is not None:
+                busy.add((topic, int(partition)))
+    return busy
+
+
+def run_request(planned: PlannedRun) -> RunRequest:
+    offset_range = planned.offset_range
+    return RunRequest(
+        run_key=planned.run_key,
+        run_config={
+            "ops": {
+                "check_offset_range": {
+                    "config": {
+                        "topic": offset_range.topic,
+                        "partition": offset_range.partition,
+                        "start_offset": offset_range.start,
+                        "end_offset": offset_range.end,
+                    }
+                }
+            }
+        },
+        tags=run_tags.range_tags(offset_range, planned.attempt),
+    )
+
+
+def lag_observation(lags: list[PartitionLag]) -> AssetObservation:
+    """Lag per topic and in all, numbers the UI plots tick after tick."""
+    per_topic: dict[str, int] = {}
+    for lag in lags:
+        per_topic[lag.topic] = per_topic.get(lag.topic, 0) + lag.lag
+    metadata = {"lag_total": MetadataValue.int(sum(per_topic.values()))}
+    metadata |= {f"lag[{topic}]": MetadataValue.int(value) for topic, value in per_topic.items()}
+    return AssetObservation(INPUT_TOPICS, metadata=metadata)
+
+
+def cursor_for(runs: list[PlannedRun], previous: str | None) -> str:
+    """The last range requested per partition, so operators can see what the sensor did."""
+    state: dict[str, dict[str, int]] = json.loads(previous) if previous else {}
+    for planned in runs:
+        offset_range = planned.offset_range
+        state[f"{offset_range.topic}:{offset_range.partition}"] = {
+            "start": offset_range.start,
+            "end": offset_range.end,
+            "attempt": planned.attempt,
+        }
+    return json.dumps(state, sort_keys=True)
+
+
+def evaluate_lag(context: SensorEvaluationContext, xmatch: XmatchResource) -> SensorResult:
+    services = xmatch.services()
+    settings = services.settings
+    topics = services.input_topics()
+    if not topics:
+        return SensorResult(
+            skip_reason="no input topic exists yet (check CONSUMER_TOPICS, "
+            "TOPIC_STRATEGY_FORMAT or XMATCH_TOPIC_PATTERN)",
+            cursor=context.cursor,
+        )
+    lags = services.offsets_reader.lags(topics)
+    ledger = services.ledger
+    plan = plan_runs(
+        lags,
+        ledger.entry_starting_at,
+        ledger.is_partition_held,
+        partitions_in_flight(context.instance),
+        max_messages_per_run=settings.max_messages_per_run,
+        max_attempts=settings.max_run_attempts,
+    )
+    for skip in plan.skips:
+        log = context.log.error if skip.needs_operator else context.log.info
+        log(f"{skip.topic}[{skip.partition}]: {skip.reason}")
+    skip_reason = None
+    if not plan.runs:
+        skip_reason = (
+            "; ".join(f"{skip.topic}[{skip.partition}]: {skip.reason}" for skip in plan.skips)
+            or f"no lag on {len(lags)} partitions of {', '.join(topics)}"
+        )
+    return SensorResult(
+        run_requests=[run_request(planned) for planned in plan.runs],
+        skip_reason=skip_reason,
+        cursor=cursor_for(list(plan.runs), context.cursor),
+        asset_events=[lag_observation(lags)],
+    )
+
+
+def build_kafka_lag_sensor(minimum_interval_seconds: int) -> SensorDefinition:
+    @sensor(
+        name="kafka_lag_sensor",
+        job=xmatch_microbatch,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Requests one xmatch_microbatch run per lagging input partition.",
+    )
+    def kafka_lag_sensor(context: SensorEvaluationContext, xmatch: XmatchResource) -> SensorResult:
+        return evaluate_lag(context, xmatch)
+
+    return kafka_lag_sensor
