@@ -3,7 +3,7 @@ load with a message naming every variable at fault."""
 
 import os
 
-from dagster import Definitions
+from dagster import Definitions, mem_io_manager
 
 from xmatch_pipeline.orchestration.assets import ASSET_SPECS
 from xmatch_pipeline.orchestration.jobs import xmatch_backfill, xmatch_microbatch
@@ -17,7 +17,8 @@ def build_definitions(settings: PipelineSettings) -> Definitions:
         assets=ASSET_SPECS,
         jobs=[xmatch_microbatch, xmatch_backfill],
         sensors=[build_kafka_lag_sensor(settings.sensor_interval_seconds)],
-        resources={"xmatch": XmatchResource()},
+        # Ops hand each other small reports in one process: nothing to keep on disk.
+        resources={"xmatch": XmatchResource(), "io_manager": mem_io_manager},
     )
 
 

@@ -20,7 +20,6 @@ from dagster import (
     Output,
     in_process_executor,
     job,
-    mem_io_manager,
     op,
 )
 from pydantic import Field
@@ -60,7 +59,7 @@ def _partition_lag(xmatch: XmatchResource, offset_range: OffsetRange) -> Partiti
     return None
 
 
-@op(out=Out(OffsetRange, io_manager_key="io_manager"))
+@op(out=Out(OffsetRange))
 def check_offset_range(
     context: OpExecutionContext, config: OffsetRangeConfig, xmatch: XmatchResource
 ) -> Iterator[Output[OffsetRange]]:
@@ -105,7 +104,6 @@ def record_run_metrics(
 
 @job(
     executor_def=in_process_executor,
-    resource_defs={"io_manager": mem_io_manager},
     description="Crossmatch one offset range of one input partition and commit its offsets.",
 )
 def xmatch_microbatch() -> None:
@@ -135,7 +133,6 @@ def backfill_offset_ranges(
 
 @job(
     executor_def=in_process_executor,
-    resource_defs={"io_manager": mem_io_manager},
     description="Reprocess explicit offset ranges; never commits the live group's offsets.",
 )
 def xmatch_backfill() -> None:
