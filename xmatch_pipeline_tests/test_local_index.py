@@ -161,13 +161,17 @@ def test_only_touched_partitions_are_read_and_cached(
     )
     index = _build(tmp_path, catalog, partition_order=2)
     reads: list[tuple[str, tuple[str, ...]]] = []
-    real_read_table = pq.read_table
 
-    def spy(source, *args, columns=None, **kwargs):
-        reads.append((Path(source).name, tuple(columns or ())))
-        return real_read_table(source, *args, columns=columns, **kwargs)
+    class RecordingParquetFile(pq.ParquetFile):  # type: ignore[misc]
+        def __init__(self, source, *args, **kwargs):
+            self.file_name = Path(source).name
+            super().__init__(source, *args, **kwargs)
 
-    monkeypatch.setattr(pq, "read_table", spy)
+        def read(self, columns=None, *args, **kwargs):
+            reads.append((self.file_name, tuple(columns or ())))
+            return super().read(columns, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "ParquetFile", RecordingParquetFile)
     # A pixel's centre: far from every edge, so only that partition is read.
     centre_pixel = 77
     from astropy_healpix import HEALPix

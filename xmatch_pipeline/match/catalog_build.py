@@ -309,7 +309,7 @@ def _write_partitions(
             pq.write_table(
                 data.slice(start, end - start),
                 partition_path(index_dir, order, pixel),
-                compression="zstd",
+                compression="snappy",  # decoding speed matters more than size
             )
             pixel_rows[pixel] = end - start
     return pixel_rows

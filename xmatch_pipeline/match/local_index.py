@@ -155,7 +155,7 @@ class LocalCatalogIndex:
         path = partition_path(self.directory, self.manifest.partition_order, pixel)
         try:
             if cached is None:
-                table = pq.read_table(path, columns=list(columns))
+                table = _read_columns(path, list(columns))
                 vectors = unit_vectors(
                     table.column(self.manifest.ra_column).to_numpy(),
                     table.column(self.manifest.dec_column).to_numpy(),
@@ -163,7 +163,7 @@ class LocalCatalogIndex:
                 tree = cKDTree(vectors, balanced_tree=False, compact_nodes=False)
             else:
                 missing = [name for name in columns if name not in cached.table.column_names]
-                extra = pq.read_table(path, columns=missing)
+                extra = _read_columns(path, missing)
                 table, vectors, tree = cached.table, cached.vectors, cached.tree
                 for name in missing:
                     table = table.append_column(name, extra.column(name))
@@ -201,6 +201,12 @@ def _matches_frame(
     )
     catalog_frame = nullable_frame(rows.select(list(columns)))
     return pd.concat([frame, catalog_frame], axis=1)
+
+
+def _read_columns(path: Path, columns: list[str]) -> pa.Table:
+    # ParquetFile.read is several times cheaper per file than pq.read_table's dataset layer.
+    with pq.ParquetFile(path) as parquet_file:
+        return parquet_file.read(columns=columns)
 
 
 def _order_matches(
