@@ -24,6 +24,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from xmatch_pipeline.kafka_config import KafkaOperationError
 from xmatch_pipeline.microbatch import MicrobatchReport
 from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.orchestration.metadata import lag_metadata, run_materializations
@@ -52,8 +53,18 @@ class BackfillConfig(Config):
     )
 
 
-def _partition_lag(xmatch: XmatchResource, offset_range: OffsetRange) -> PartitionLag | None:
-    for lag in xmatch.services().offsets_reader.lags([offset_range.topic]):
+def _partition_lag(
+    context: OpExecutionContext, xmatch: XmatchResource, offset_range: OffsetRange
+) -> PartitionLag | None:
+    """The partition's lag, or None when Kafka cannot say now: lag is only metadata, and
+    right after a transactional commit the broker briefly refuses the group's offsets
+    (UNSTABLE_OFFSET_COMMIT); that must not fail a run whose work is already committed."""
+    try:
+        lags = xmatch.services().offsets_reader.lags([offset_range.topic])
+    except KafkaOperationError as error:
+        context.log.warning(f"{offset_range}: lag not recorded: {error}")
+        return None
+    for lag in lags:
         if lag.partition == offset_range.partition:
             return lag
     return None
@@ -65,7 +76,7 @@ def check_offset_range(
 ) -> Iterator[Output[OffsetRange]]:
     """Validate the range and note the group's lag before the run."""
     offset_range = config.offset_range()
-    lag = _partition_lag(xmatch, offset_range)
+    lag = _partition_lag(context, xmatch, offset_range)
     if lag is not None:
         context.log.info(
             f"{offset_range}: group at {lag.committed}, high watermark {lag.high}, lag {lag.lag}"
@@ -96,7 +107,7 @@ def record_run_metrics(
     context: OpExecutionContext, report: MicrobatchReport, xmatch: XmatchResource
 ) -> Iterator[AssetMaterialization]:
     """Lineage and metrics in the UI; the original's metrics message when configured."""
-    lag_after = _partition_lag(xmatch, report.offset_range)
+    lag_after = _partition_lag(context, xmatch, report.offset_range)
     yield from run_materializations(report, lag_metadata("after", lag_after))
     if xmatch.services().send_metrics(report):
         context.log.info("metrics message sent")
