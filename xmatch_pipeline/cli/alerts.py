@@ -181,3 +181,25 @@ def generate_command(
         f"wrote {count} alerts ({total / 1e6:.1f} MB, {total / count / 1e3:.1f} kB each) to {out}",
         markup=False,
     )
+
+
+@app.command("tail")
+def tail_command(
+    topic: Annotated[str, typer.Option("--topic", help="Topic to read, e.g. xmatch.")],
+    count: Annotated[int, typer.Option("--count", min=1, help="How many messages.")] = 5,
+    bootstrap: Annotated[
+        str | None,
+        typer.Option("--bootstrap", help="Kafka bootstrap servers (default: the devstack's)."),
+    ] = None,
+) -> None:
+    """Print the first committed alerts of a topic (read_committed): ids and xmatches."""
+    from confluent_kafka import KafkaException
+
+    from xmatch_pipeline.alert_tools.tail import tail_lines
+
+    try:
+        for line in tail_lines(bootstrap or _default_bootstrap(), topic, count):
+            typer.echo(line)
+    except KafkaException as error:
+        typer.echo(f"alerts tail: cannot read {topic}: {error}", err=True)
+        raise typer.Exit(code=2) from None
