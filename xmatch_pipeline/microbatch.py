@@ -27,6 +27,7 @@ from typing import Literal
 
 import pandas as pd
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
 from xmatch_pipeline.decode.avro_codec import DecodedAlert, decode_alert
 from xmatch_pipeline.decode.errors import AlertDecodeError
@@ -387,4 +388,12 @@ class MicrobatchRunner:
         except StoreError as error:
             raise MicrobatchError(
                 f"{run.offset_range}: could not store the matches: {error}"
+            ) from error
+        except DBAPIError as error:
+            # The driver's own message only (the statement and its rows stay out of logs).
+            reason = " ".join(str(error.orig).split())[:500]
+            raise MicrobatchError(
+                f"{run.offset_range}: could not store the matches, the database failed "
+                f"({type(error.orig).__name__}: {reason}); nothing was committed (no rows, "
+                "no output, no offsets): check PostgreSQL, then run the range again"
             ) from error
