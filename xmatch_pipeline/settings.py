@@ -20,6 +20,7 @@ from xmatch_pipeline.match import allwise
 from xmatch_pipeline.match.catalog_spec import CatalogSpec
 from xmatch_pipeline.match.cds_client import DEFAULT_CDS_XMATCH_URL, CdsClientSettings
 from xmatch_pipeline.publish.dead_letter import dead_letter_topic_for
+from xmatch_pipeline.read.topic_selection import topics_from_list
 
 EngineName = Literal["cds", "local"]
 OutputPrecision = Literal["double", "float32"]
@@ -230,10 +231,13 @@ def _topic_selection(reader: _Reader) -> TopicSelection:
             "programid1), TOPIC_STRATEGY_FORMAT (e.g. ztf_%s_programid1) or "
             "XMATCH_TOPIC_PATTERN (a regular expression, e.g. ^ztf_\\d{8}_programid1$)"
         )
-    if daily_format is not None and daily_format.count("%s") != 1:
+    # A comma-separated list of formats is allowed, as read.topic_selection reads it.
+    if daily_format is not None and any(
+        item.count("%s") != 1 for item in topics_from_list(daily_format)
+    ):
         reader.problems.append(
-            f"TOPIC_STRATEGY_FORMAT={daily_format!r} must contain '%s' once, "
-            "where the date goes: e.g. ztf_%s_programid1"
+            f"TOPIC_STRATEGY_FORMAT={daily_format!r}: each format must contain '%s' once, "
+            "where the date goes: e.g. ztf_%s_programid1 or ztf_%s_programid1,ztf_%s_programid2"
         )
     if pattern is not None:
         try:
