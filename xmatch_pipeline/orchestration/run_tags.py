@@ -10,6 +10,8 @@ END_OFFSET = "xmatch/end_offset"
 ATTEMPT = "xmatch/attempt"
 #: ``topic:partition``; dagster.yaml allows one queued run at a time per value.
 PARTITION_KEY = "xmatch/partition_key"
+#: Dagster's own tag on runs a sensor launched: the key it never launches twice.
+DAGSTER_RUN_KEY = "dagster/run_key"
 
 
 def range_tags(offset_range: OffsetRange, attempt: int) -> dict[str, str]:

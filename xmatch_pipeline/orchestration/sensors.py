@@ -2,6 +2,7 @@
 partition. The planning rules are in ``xmatch_pipeline.run_planning``."""
 
 import json
+from dataclasses import replace
 
 from dagster import (
     AssetObservation,
@@ -45,6 +46,21 @@ def partitions_in_flight(instance: DagsterInstance) -> set[PartitionKey]:
             if topic is not None and partition is not None:
                 busy.add((topic, int(partition)))
     return busy
+
+
+def with_unused_run_key(instance: DagsterInstance, planned: PlannedRun) -> PlannedRun:
+    """The planned run, its attempt raised past run keys the instance has already seen.
+
+    Dagster never launches a run key twice. A run that failed before it reached the ledger
+    (the partition held by another process, the database down at start) leaves its key
+    used while the ledger still says nothing of the range; without this the sensor would
+    request that key for ever and the partition would stall without a word.
+    """
+    while instance.get_run_ids(
+        RunsFilter(tags={run_tags.DAGSTER_RUN_KEY: planned.run_key}), limit=1
+    ):
+        planned = replace(planned, attempt=planned.attempt + 1)
+    return planned
 
 
 def run_request(planned: PlannedRun) -> RunRequest:
@@ -110,19 +126,20 @@ def evaluate_lag(context: SensorEvaluationContext, xmatch: XmatchResource) -> Se
         max_messages_per_run=settings.max_messages_per_run,
         max_attempts=settings.max_run_attempts,
     )
+    runs = [with_unused_run_key(context.instance, planned) for planned in plan.runs]
     for skip in plan.skips:
         log = context.log.error if skip.needs_operator else context.log.info
         log(f"{skip.topic}[{skip.partition}]: {skip.reason}")
     skip_reason = None
-    if not plan.runs:
+    if not runs:
         skip_reason = (
             "; ".join(f"{skip.topic}[{skip.partition}]: {skip.reason}" for skip in plan.skips)
             or f"no lag on {len(lags)} partitions of {', '.join(topics)}"
         )
     return SensorResult(
-        run_requests=[run_request(planned) for planned in plan.runs],
+        run_requests=[run_request(planned) for planned in runs],
         skip_reason=skip_reason,
-        cursor=cursor_for(list(plan.runs), context.cursor),
+        cursor=cursor_for(runs, context.cursor),
         asset_events=[lag_observation(lags)],
     )
 
