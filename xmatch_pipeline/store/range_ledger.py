@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, Row, and_, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.store.advisory_keys import advisory_key, split_key
@@ -376,7 +376,9 @@ class RangeLedger:
 def _unlock(connection: Connection, key: int) -> None:
     """Release at once so the next run need not wait for the server to reap this session."""
     # If the session is gone, so is its lock; the run's own error must stay the one raised.
-    with suppress(DBAPIError):
+    # A connection that already failed (e.g. in ``still_held``) raises PendingRollbackError,
+    # not a DBAPIError; the caller invalidates the session, which releases the lock anyway.
+    with suppress(SQLAlchemyError):
         connection.execute(select(func.pg_advisory_unlock(key)))
 
 
