@@ -1,7 +1,7 @@
-"""PostgreSQL stopped between produce and the database commit: nothing half-done, then a retry.
+"""PostgreSQL failing between produce and the commits: nothing half-done, then a retry.
 
-The test runs its own PostgreSQL server (the devstack's server module, another folder and
-port) so that stopping it never disturbs the shared one other tests use.
+The tests run their own PostgreSQL server (the devstack's server module, another folder
+and port) so that stopping it never disturbs the shared one other tests use.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,13 +28,15 @@ from xmatch_pipeline.devstack.stack import prepare_devstack_directory
 from xmatch_pipeline.microbatch import MicrobatchError, MicrobatchRunner
 from xmatch_pipeline.services import PipelineServices
 from xmatch_pipeline.settings import load_settings
-from xmatch_pipeline.store.range_ledger import RangeLedger
+from xmatch_pipeline.store.range_ledger import LedgerEntry, RangeLedger
 from xmatch_pipeline_tests.failure_fixtures import (
+    InputStream,
     assert_database_holds_exactly,
     build_allwise_index,
     committed_offset,
     pipeline_environment,
     read_candids,
+    scratch_database,
     write_input_stream,
 )
 
@@ -50,7 +53,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def own_postgres(devstack: DevstackSettings) -> Iterator[DevstackSettings]:
     """A PostgreSQL server of this module alone, removed afterwards."""
-    # Not under pytest's private tmp folder: the server runs as the 'postgres' account.
+    # Not under pytest's private tmp folder: as root the server runs as the 'postgres' account.
     folder = Path(tempfile.mkdtemp(prefix="xmatch-outage-", dir="/tmp"))
     settings = dataclasses.replace(devstack, devstack_dir=folder, postgres_port=_free_port())
     try:
@@ -63,72 +66,134 @@ def own_postgres(devstack: DevstackSettings) -> Iterator[DevstackSettings]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_database_stopped_before_commit_leaves_nothing_then_retry_succeeds(
+@pytest.fixture(scope="module")
+def allwise_index(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_allwise_index(shared_data_dir, tmp_path_factory.mktemp("allwise") / "index")
+
+
+@dataclass
+class OutageCase:
+    server: DevstackSettings
+    database_url: str
+    stream: InputStream
+    output_topic: str
+    group_id: str
+    services: PipelineServices
+
+    def runner(self, stage_hook: Callable[[str], None]) -> MicrobatchRunner:
+        return MicrobatchRunner(
+            self.services.microbatch_config(),
+            self.services.crossmatch_engine,
+            self.services.database,
+            stage_hook=stage_hook,
+        )
+
+    def ledger_entry(self) -> LedgerEntry | None:
+        engine = create_engine(self.database_url, poolclass=NullPool)
+        try:
+            return RangeLedger(engine).entry(self.stream.offset_range)
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture
+def case(
     *,
     own_postgres: DevstackSettings,
     kafka_bootstrap: str,
     new_topic: Callable[..., str],
     shared_data_dir: Path,
-    tmp_path: Path,
-) -> None:
-    index_dir = build_allwise_index(shared_data_dir, tmp_path / "allwise")
+    allwise_index: Path,
+) -> Iterator[OutageCase]:
     input_topic = new_topic("outage-input")
     output_topic = new_topic("outage-output")
-    group_id = f"outage-{output_topic}"
     stream = write_input_stream(kafka_bootstrap, input_topic, shared_data_dir, ALERT_COUNT, 43)
-    offset_range = stream.offset_range
-    environment = pipeline_environment(
-        bootstrap=kafka_bootstrap,
-        database_url=own_postgres.database_url,
-        input_topic=input_topic,
-        output_topic=output_topic,
-        group_id=group_id,
-        index_dir=index_dir,
+    with scratch_database(own_postgres.database_url) as database_url:
+        environment = pipeline_environment(
+            bootstrap=kafka_bootstrap,
+            database_url=database_url,
+            input_topic=input_topic,
+            output_topic=output_topic,
+            group_id=f"outage-{output_topic}",
+            index_dir=allwise_index,
+        )
+        services = PipelineServices(load_settings(environment))
+        try:
+            yield OutageCase(
+                own_postgres, database_url, stream, output_topic, f"outage-{output_topic}", services
+            )
+        finally:
+            services.dispose()
+
+
+def _assert_nothing_visible(case: OutageCase, kafka_bootstrap: str) -> None:
+    """No offsets, and the run's transaction aborted: read to the end, nothing committed."""
+    assert committed_offset(kafka_bootstrap, case.group_id, case.stream.topic) is None
+    assert read_candids(kafka_bootstrap, case.output_topic, "read_committed") == []
+    assert read_candids(kafka_bootstrap, case.output_topic, "read_uncommitted"), (
+        "the failed run should have produced (then aborted) its output"
     )
-    services = PipelineServices(load_settings(environment))
+
+
+def _assert_retry_succeeds(case: OutageCase, kafka_bootstrap: str) -> None:
+    """The same runner (its engine's pool saw the outage) runs the range again, exactly once."""
+    offset_range = case.stream.offset_range
+    report = case.runner(lambda stage: None).run(offset_range, run_id="outage-retry")
+    assert report.offsets_committed
+    assert report.messages_in == ALERT_COUNT
+    assert sorted(read_candids(kafka_bootstrap, case.output_topic)) == sorted(case.stream.candids)
+    assert committed_offset(kafka_bootstrap, case.group_id, offset_range.topic) == offset_range.end
+    assert_database_holds_exactly(case.database_url, case.stream)
+    entry = case.ledger_entry()
+    assert entry is not None
+    assert (entry.status, entry.attempts, entry.run_id) == ("succeeded", 2, "outage-retry")
+
+
+def test_database_stopped_before_commit_leaves_nothing_then_retry_succeeds(
+    case: OutageCase, kafka_bootstrap: str
+) -> None:
     stopped: list[str] = []
 
     def stop_database_after_produce(stage: str) -> None:
         if stage == "produced" and not stopped:
-            assert stop_postgres(own_postgres)
+            assert stop_postgres(case.server)
             stopped.append(stage)
 
-    runner = MicrobatchRunner(
-        services.microbatch_config(),
-        services.crossmatch_engine,
-        services.database,
-        stage_hook=stop_database_after_produce,
-    )
-    try:
-        with pytest.raises(MicrobatchError) as failure:
-            runner.run(offset_range, run_id="outage-first")
-        assert stopped == ["produced"]
-        message = str(failure.value)
-        assert str(offset_range) in message
-        assert "database" in message.lower()
+    with pytest.raises(MicrobatchError) as failure:
+        case.runner(stop_database_after_produce).run(case.stream.offset_range, run_id="outage")
+    assert stopped == ["produced"]
+    message = str(failure.value)
+    assert str(case.stream.offset_range) in message
+    assert "database" in message.lower()
+    _assert_nothing_visible(case, kafka_bootstrap)
 
-        # Nothing of the failed run: no offsets, its transaction aborted (read to the end).
-        assert committed_offset(kafka_bootstrap, group_id, input_topic) is None
-        assert read_candids(kafka_bootstrap, output_topic, "read_committed") == []
-        assert read_candids(kafka_bootstrap, output_topic, "read_uncommitted"), (
-            "the failed run should have produced (then aborted) its output"
-        )
+    start_postgres(case.server)
+    wait_until_postgres_ready(case.server)
+    _assert_retry_succeeds(case, kafka_bootstrap)
 
-        start_postgres(own_postgres)
-        wait_until_postgres_ready(own_postgres)
-        report = runner.run(offset_range, run_id="outage-retry")
-        assert report.offsets_committed
-        assert report.messages_in == ALERT_COUNT
-    finally:
-        services.dispose()
 
-    assert sorted(read_candids(kafka_bootstrap, output_topic)) == sorted(stream.candids)
-    assert committed_offset(kafka_bootstrap, group_id, input_topic) == offset_range.end
-    assert_database_holds_exactly(own_postgres.database_url, stream)
-    engine = create_engine(own_postgres.database_url, poolclass=NullPool)
-    try:
-        entry = RangeLedger(engine).entry(offset_range)
-    finally:
-        engine.dispose()
+def test_database_restarted_before_commit_loses_the_lock_and_commits_no_output(
+    case: OutageCase, kafka_bootstrap: str
+) -> None:
+    """The rows commit on a new connection, but the partition lock died with the old session:
+    another run may already hold the partition, so this one must not commit to Kafka."""
+    restarted: list[str] = []
+
+    def restart_database_after_produce(stage: str) -> None:
+        if stage == "produced" and not restarted:
+            assert stop_postgres(case.server)
+            start_postgres(case.server)
+            wait_until_postgres_ready(case.server)
+            restarted.append(stage)
+
+    with pytest.raises(MicrobatchError, match="lost the partition lock"):
+        case.runner(restart_database_after_produce).run(case.stream.offset_range, run_id="outage")
+    assert restarted == ["produced"]
+    _assert_nothing_visible(case, kafka_bootstrap)
+    entry = case.ledger_entry()
     assert entry is not None
-    assert (entry.status, entry.attempts, entry.run_id) == ("succeeded", 2, "outage-retry")
+    assert (entry.status, entry.run_id) == ("failed", "outage")
+    assert entry.error is not None
+    assert "lost the partition lock" in entry.error
+
+    _assert_retry_succeeds(case, kafka_bootstrap)
