@@ -1,0 +1,428 @@
+"""Shared helpers for the pipeline tests: environments, topics, the sensor → job loop, readers.
+
+Everything runs against the devstack's real Kafka and PostgreSQL. The pipeline reads its
+settings from the environment (as in production), so a test builds an environment dict and
+applies it with ``monkeypatch``; the sensor and the jobs then run in process on one Dagster
+instance, the way the daemon would drive them, including its run-key dedupe.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from dagster import (
+    DagsterInstance,
+    ExecuteInProcessResult,
+    RunRequest,
+    RunsFilter,
+    SensorResult,
+    build_sensor_context,
+)
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.pool import NullPool
+
+from xmatch_pipeline.match.allwise import CDS_COLUMNS
+from xmatch_pipeline.match.catalog_build import build_catalog_index
+from xmatch_pipeline.orchestration.jobs import xmatch_microbatch
+from xmatch_pipeline.orchestration.resources import XmatchResource
+from xmatch_pipeline.orchestration.sensors import build_kafka_lag_sensor
+
+RUN_KEY_TAG = "dagster/run_key"
+
+#: Every variable ``load_settings`` reads: cleared before a test sets its own.
+SETTING_NAMES = (
+    "CONSUMER_SERVER",
+    "CONSUMER_TOPICS",
+    "TOPIC_STRATEGY_FORMAT",
+    "XMATCH_TOPIC_PATTERN",
+    "CONSUMER_GROUP_ID",
+    "CONSUME_TIMEOUT",
+    "CONSUME_MESSAGES",
+    "ENABLE_PARTITION_EOF",
+    "PRODUCER_SERVER",
+    "PRODUCER_TOPIC",
+    "METRICS_HOST",
+    "METRICS_TOPIC",
+    "DB_ENGINE",
+    "DB_HOST",
+    "DB_USER",
+    "DB_PASSWORD",
+    "DB_PORT",
+    "DB_NAME",
+    "STEP_ID",
+    "STEP_NAME",
+    "STEP_VERSION",
+    "STEP_COMMENTS",
+    "RETRIES",
+    "RETRY_INTERVAL",
+    "CONSUMER_KAFKA_USERNAME",
+    "CONSUMER_KAFKA_PASSWORD",
+    "PRODUCER_KAFKA_USERNAME",
+    "PRODUCER_KAFKA_PASSWORD",
+    "METRICS_KAFKA_USERNAME",
+    "METRICS_KAFKA_PASSWORD",
+    "XMATCH_ENGINE",
+    "XMATCH_OUTPUT_PRECISION",
+    "XMATCH_CDS_URL",
+    "XMATCH_CDS_CHUNK_ROWS",
+    "XMATCH_CDS_CONNECT_TIMEOUT",
+    "XMATCH_CDS_READ_TIMEOUT",
+    "XMATCH_CDS_DEADLINE",
+    "XMATCH_LOCAL_CATALOGS",
+    "XMATCH_CATALOGS",
+    "XMATCH_DEAD_LETTER_TOPIC",
+    "XMATCH_SENSOR_INTERVAL_SECONDS",
+    "XMATCH_MAX_MESSAGES_PER_RUN",
+    "XMATCH_CHUNK_MESSAGES",
+    "XMATCH_KAFKA_TIMEOUT",
+    "XMATCH_MAX_RUN_ATTEMPTS",
+    "XMATCH_MATCH_CACHE",
+)
+
+ALLWISE_RESPONSE = Path("allwise") / "cds_response_allwise_best_1arcsec.csv"
+
+
+def database_environment(database_url: str) -> dict[str, str]:
+    """The original's DB_* variables for a SQLAlchemy URL."""
+    url = make_url(database_url)
+    return {
+        "DB_ENGINE": "postgresql",
+        "DB_HOST": url.host or "127.0.0.1",
+        "DB_PORT": str(url.port or 5432),
+        "DB_USER": url.username or "",
+        "DB_PASSWORD": url.password or "",
+        "DB_NAME": url.database or "",
+    }
+
+
+def pipeline_environment(
+    *,
+    kafka_bootstrap: str,
+    database_url: str,
+    input_topic: str,
+    output_topic: str,
+    group_id: str,
+    index_dir: Path | None = None,
+    **overrides: str,
+) -> dict[str, str]:
+    """A complete environment: local engine over ``index_dir`` unless overridden."""
+    environment = {
+        "CONSUMER_SERVER": kafka_bootstrap,
+        "CONSUMER_TOPICS": input_topic,
+        "CONSUMER_GROUP_ID": group_id,
+        "PRODUCER_TOPIC": output_topic,
+        "XMATCH_KAFKA_TIMEOUT": "10",
+        "STEP_ID": "xmatch-test",
+        "STEP_VERSION": "test",
+        **database_environment(database_url),
+    }
+    if index_dir is not None:
+        environment |= {"XMATCH_ENGINE": "local", "XMATCH_LOCAL_CATALOGS": f"allwise={index_dir}"}
+    environment |= overrides
+    return environment
+
+
+def use_environment(monkeypatch: pytest.MonkeyPatch, environment: Mapping[str, str]) -> None:
+    """Make ``environment`` the only pipeline settings the process sees."""
+    for name in SETTING_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+
+
+def unique_group(prefix: str = "xmatch-test") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+# --- catalogs -------------------------------------------------------------------------
+
+
+def allwise_rows(shared_data_dir: Path) -> list[dict[str, str]]:
+    """The real ALLWISE rows CDS returned (CDS columns only, each source once, text as is)."""
+    rows: list[dict[str, str]] = []
+    seen: set[str] = set()
+    with (shared_data_dir / ALLWISE_RESPONSE).open(newline="") as source:
+        for row in csv.DictReader(source):
+            if row["AllWISE"] not in seen:
+                seen.add(row["AllWISE"])
+                rows.append({column: row[column] for column in CDS_COLUMNS})
+    return rows
+
+
+def build_allwise_catalog(rows: Iterable[Mapping[str, str]], work_dir: Path) -> Path:
+    """An index named ``allwise`` over ``rows`` (CDS column names, empty text = null)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    catalog_csv = work_dir / "allwise_rows.csv"
+    with catalog_csv.open("w", newline="") as target:
+        writer = csv.writer(target, lineterminator="\n")
+        writer.writerow(CDS_COLUMNS)
+        for row in rows:
+            writer.writerow([row.get(column, "") for column in CDS_COLUMNS])
+    index_dir = work_dir / "allwise_index"
+    build_catalog_index(
+        [catalog_csv],
+        index_dir,
+        id_column="AllWISE",
+        ra_column="RAJ2000",
+        dec_column="DEJ2000",
+        name="allwise",
+    )
+    return index_dir
+
+
+@dataclass(frozen=True)
+class SmallStream:
+    """Synthetic 3.3 alerts on real ALLWISE sources (every third one 10″ away: no match)."""
+
+    index_dir: Path
+    #: ``(objectId, message value)`` per alert, in stream order.
+    messages: list[tuple[str, bytes]]
+    matching: int
+
+
+_small_streams: dict[Path, SmallStream] = {}
+
+
+def small_stream(shared_data_dir: Path, work_dir: Path, count: int = 60) -> SmallStream:
+    """Built once per session (the index over the 5,440 real rows takes a moment)."""
+    cached = _small_streams.get(shared_data_dir)
+    if cached is not None and len(cached.messages) >= count:
+        return cached
+    rows = allwise_rows(shared_data_dir)
+    positions = [
+        (float(row["RAJ2000"]), float(row["DEJ2000"]) + (10 / 3600 if number % 3 == 2 else 0.0))
+        for number, row in enumerate(rows[:count])
+    ]
+    from xmatch_pipeline.alert_tools.synthetic import SyntheticAlertFactory
+    from xmatch_pipeline.decode.avro_codec import decode_alert
+
+    factory = SyntheticAlertFactory(seed=7, positions=positions)
+    messages = []
+    for number in range(count):
+        value = factory.alert_bytes(number)
+        messages.append((decode_alert(value).object_id, value))
+    stream = SmallStream(
+        index_dir=build_allwise_catalog(rows, work_dir),
+        messages=messages,
+        matching=sum(1 for number in range(count) if number % 3 != 2),
+    )
+    _small_streams[shared_data_dir] = stream
+    return stream
+
+
+# --- Kafka ----------------------------------------------------------------------------
+
+
+def produce_values(
+    bootstrap: str,
+    topic: str,
+    messages: Sequence[tuple[str | None, bytes]],
+    *,
+    partitions: int = 1,
+) -> None:
+    """Produce ``(key, value)`` pairs round-robin over ``partitions``, bytes unchanged."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    failures: list[str] = []
+
+    def delivered(error: KafkaError | None, _message: Any) -> None:
+        if error is not None:
+            failures.append(str(error))
+
+    for index, (key, value) in enumerate(messages):
+        producer.produce(topic, value, key=key, partition=index % partitions, on_delivery=delivered)
+    assert producer.flush(30) == 0, "messages still queued after 30 s"
+    assert not failures, failures
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: dict[str, bytes]
+
+
+def _admin_partitions(consumer: Consumer, topic: str) -> list[int]:
+    metadata = consumer.list_topics(topic, timeout=10)
+    return sorted(metadata.topics[topic].partitions)
+
+
+def read_committed(
+    bootstrap: str, topic: str, timeout_seconds: float = 20.0
+) -> list[ReceivedMessage]:
+    """Everything a ``read_committed`` consumer sees on every partition of ``topic``."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-verify-{uuid.uuid4().hex[:8]}",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        partitions = _admin_partitions(consumer, topic)
+        consumer.assign([TopicPartition(topic, partition, 0) for partition in partitions])
+        pending = set(partitions)
+        received: list[ReceivedMessage] = []
+        deadline = time.monotonic() + timeout_seconds
+        while pending:
+            assert time.monotonic() < deadline, f"{topic}: end of {sorted(pending)} never reached"
+            for message in consumer.consume(200, 0.2):
+                error = message.error()
+                if error is not None:
+                    assert error.code() == KafkaError._PARTITION_EOF, error
+                    pending.discard(message.partition() or 0)
+                    continue
+                raw = message.headers() or []
+                pairs = list(raw.items()) if isinstance(raw, dict) else raw
+                partition, offset = message.partition(), message.offset()
+                assert partition is not None
+                assert offset is not None
+                received.append(
+                    ReceivedMessage(
+                        partition=partition,
+                        offset=offset,
+                        key=message.key(),
+                        value=message.value() or b"",
+                        headers={k: v for k, v in pairs if isinstance(v, bytes)},
+                    )
+                )
+        return received
+    finally:
+        consumer.close()
+
+
+def group_offsets(bootstrap: str, group_id: str, topic: str) -> dict[int, int | None]:
+    """The group's committed next offset per partition (None: nothing committed)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id})
+    try:
+        partitions = _admin_partitions(consumer, topic)
+        committed = consumer.committed(
+            [TopicPartition(topic, partition) for partition in partitions], timeout=10
+        )
+        return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in committed}
+    finally:
+        consumer.close()
+
+
+def high_watermarks(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_group("hw")})
+    try:
+        return {
+            partition: consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=10, cached=False
+            )[1]
+            for partition in _admin_partitions(consumer, topic)
+        }
+    finally:
+        consumer.close()
+
+
+# --- Dagster: the sensor → job loop ----------------------------------------------------
+
+
+def evaluate_sensor(instance: DagsterInstance, cursor: str | None) -> SensorResult:
+    """One tick of ``kafka_lag_sensor`` as the daemon evaluates it."""
+    sensor = build_kafka_lag_sensor(5)
+    with build_sensor_context(
+        instance=instance, cursor=cursor, resources={"xmatch": XmatchResource()}
+    ) as context:
+        result = sensor(context)
+    assert isinstance(result, SensorResult), result
+    return result
+
+
+def run_key_used(instance: DagsterInstance, run_key: str) -> bool:
+    return bool(instance.get_run_ids(RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1))
+
+
+def execute_request(instance: DagsterInstance, request: RunRequest) -> ExecuteInProcessResult:
+    """Run a sensor's request in process, tagged with its run key as the daemon would."""
+    return xmatch_microbatch.execute_in_process(
+        run_config=request.run_config,
+        instance=instance,
+        resources={"xmatch": XmatchResource()},
+        tags={**request.tags, RUN_KEY_TAG: request.run_key or ""},
+        raise_on_error=False,
+    )
+
+
+@dataclass
+class SensorTick:
+    result: SensorResult
+    launched: list[RunRequest]
+    #: Requests whose run key had already run: the daemon drops these silently.
+    deduplicated: list[RunRequest]
+
+
+@dataclass
+class DriveLog:
+    ticks: list[SensorTick] = field(default_factory=list)
+    runs: list[ExecuteInProcessResult] = field(default_factory=list)
+    cursor: str | None = None
+
+    @property
+    def failed_runs(self) -> list[ExecuteInProcessResult]:
+        return [run for run in self.runs if not run.success]
+
+
+def drive_sensor_and_jobs(
+    instance: DagsterInstance, *, cursor: str | None = None, max_ticks: int = 40
+) -> DriveLog:
+    """Tick the sensor and run what it requests until a tick requests nothing new."""
+    log = DriveLog(cursor=cursor)
+    for _ in range(max_ticks):
+        result = evaluate_sensor(instance, log.cursor)
+        log.cursor = result.cursor
+        requests = list(result.run_requests or [])
+        fresh = [r for r in requests if not run_key_used(instance, r.run_key or "")]
+        tick = SensorTick(result, fresh, [r for r in requests if r not in fresh])
+        log.ticks.append(tick)
+        if not fresh:
+            return log
+        for request in fresh:
+            log.runs.append(execute_request(instance, request))
+    raise AssertionError(f"the sensor still requested runs after {max_ticks} ticks")
+
+
+# --- PostgreSQL -----------------------------------------------------------------------
+
+
+def table_rows(database_url: str, table: str, order_by: str) -> list[tuple[Any, ...]]:
+    """A full dump of ``table``, ordered, every column as stored."""
+    engine = create_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            result = connection.execute(text(f'SELECT * FROM "{table}" ORDER BY {order_by}'))
+            return [tuple(row) for row in result]
+    finally:
+        engine.dispose()
+
+
+def query(database_url: str, statement: str, **parameters: Any) -> list[tuple[Any, ...]]:
+    engine = create_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(text(statement), parameters)]
+    finally:
+        engine.dispose()
+
+
+def environment_without_secrets(environment: Mapping[str, str]) -> dict[str, str]:
+    """For assertion messages: the environment with passwords replaced."""
+    return {name: ("***" if "PASSWORD" in name else value) for name, value in environment.items()}
+
+
+def current_environment() -> dict[str, str]:
+    return {name: os.environ[name] for name in SETTING_NAMES if name in os.environ}
