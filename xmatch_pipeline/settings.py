@@ -221,7 +221,7 @@ class _Reader:
 
 
 def _topic_selection(reader: _Reader) -> TopicSelection:
-    topics = tuple(t.strip() for t in (reader.optional("CONSUMER_TOPICS") or "").split(",") if t)
+    topics = tuple(topics_from_list(reader.optional("CONSUMER_TOPICS") or ""))
     daily_format = reader.optional("TOPIC_STRATEGY_FORMAT")
     pattern = reader.optional("XMATCH_TOPIC_PATTERN")
     chosen = [bool(topics), daily_format is not None, pattern is not None]
