@@ -1,0 +1,231 @@
+"""Settings from the environment: the original step's variables carry over, every problem is
+named at once with what it should look like, and secrets never show."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from xmatch_pipeline.match.allwise import ALLWISE_SPEC
+from xmatch_pipeline.services import PipelineServices
+from xmatch_pipeline.settings import SettingsError, load_settings
+from xmatch_pipeline_tests.pipeline_fixtures import use_environment
+
+DB_SECRET = "db-secret-Zq8"
+SASL_SECRET = "sasl-secret-Wv3"
+
+MINIMAL = {
+    "CONSUMER_SERVER": "kafka-1:9092",
+    "CONSUMER_TOPICS": "ztf_20200101_programid1",
+    "CONSUMER_GROUP_ID": "xmatch",
+    "PRODUCER_TOPIC": "xmatch",
+    "DB_HOST": "db",
+    "DB_USER": "alerce",
+    "DB_PASSWORD": DB_SECRET,
+    "DB_NAME": "ztf",
+}
+
+#: An environment as the original step (ALeRCE xmatch 1.0 and later) was deployed with.
+ORIGINAL = {
+    "CONSUMER_SERVER": "kafka-1:9092,kafka-2:9092",
+    "CONSUMER_TOPICS": "ztf_20200101_programid1, ztf_20200102_programid1",
+    "CONSUMER_GROUP_ID": "xmatch_consumer",
+    "CONSUME_TIMEOUT": "10",
+    "CONSUME_MESSAGES": "1000",
+    "ENABLE_PARTITION_EOF": "False",
+    "PRODUCER_SERVER": "kafka-1:9092,kafka-2:9092",
+    "PRODUCER_TOPIC": "xmatch",
+    "METRICS_HOST": "metrics-kafka:9092",
+    "METRICS_TOPIC": "metrics",
+    "DB_ENGINE": "postgres",
+    "DB_HOST": "db.example.org",
+    "DB_USER": "alerce",
+    "DB_PASSWORD": DB_SECRET,
+    "DB_PORT": "5433",
+    "DB_NAME": "ztf",
+    "STEP_ID": "xmatch_1.0",
+    "STEP_NAME": "xmatch",
+    "STEP_VERSION": "1.0",
+    "RETRIES": "3",
+    "RETRY_INTERVAL": "2",
+    "CONSUMER_KAFKA_USERNAME": "alerce",
+    "CONSUMER_KAFKA_PASSWORD": SASL_SECRET,
+    "PRODUCER_KAFKA_USERNAME": "alerce",
+    "PRODUCER_KAFKA_PASSWORD": SASL_SECRET,
+}
+
+
+def _problems(monkeypatch: pytest.MonkeyPatch, environment: dict[str, str]) -> str:
+    use_environment(monkeypatch, environment)
+    with pytest.raises(SettingsError) as raised:
+        load_settings(os.environ)
+    return str(raised.value)
+
+
+def test_every_missing_variable_is_named_in_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = _problems(monkeypatch, {})
+    for name in (
+        "CONSUMER_SERVER",
+        "CONSUMER_GROUP_ID",
+        "PRODUCER_TOPIC",
+        "DB_HOST",
+        "DB_USER",
+        "DB_NAME",
+    ):
+        assert f"{name} is not set: set it to e.g." in message
+    assert "set exactly one of CONSUMER_TOPICS" in message
+    assert "TOPIC_STRATEGY_FORMAT (e.g. ztf_%s_programid1)" in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("DB_PORT", "five", "DB_PORT='five' is not a whole number"),
+        ("DB_PORT", "0", "DB_PORT=0 must be at least 1"),
+        ("XMATCH_CATALOGS", "[{not json", "XMATCH_CATALOGS is malformed"),
+        ("XMATCH_CATALOGS", '[{"columns": ["a"]}]', "at least 'name'"),
+        ("XMATCH_ENGINE", "vizier", "XMATCH_ENGINE='vizier' must be 'cds' or 'local'"),
+        ("XMATCH_ENGINE", "local", "XMATCH_ENGINE=local needs an index for every catalog"),
+        ("XMATCH_CDS_URL", "cdsxmatch.example", "must be an http(s):// URL"),
+        ("XMATCH_SENSOR_INTERVAL_SECONDS", "1", "must be at least 5"),
+        ("XMATCH_MAX_RUN_ATTEMPTS", "0", "XMATCH_MAX_RUN_ATTEMPTS=0 must be at least 1"),
+        ("XMATCH_LOCAL_CATALOGS", "allwise", "must look like NAME=DIRECTORY"),
+        ("XMATCH_OUTPUT_PRECISION", "half", "must be 'double'"),
+        ("XMATCH_MATCH_CACHE", "maybe", "must be true or false"),
+        ("PRODUCER_SERVER", "other-kafka:9092", "differs from CONSUMER_SERVER"),
+        ("CONSUMER_KAFKA_PASSWORD", SASL_SECRET, "go together"),
+        ("DB_ENGINE", "mysql", "only postgresql is supported"),
+    ],
+)
+def test_a_malformed_value_is_named_with_what_it_should_look_like(
+    variable: str, value: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message = _problems(monkeypatch, MINIMAL | {variable: value})
+    assert expected in message
+    assert variable in message
+    assert DB_SECRET not in message
+    assert SASL_SECRET not in message
+
+
+def test_several_problems_are_reported_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = _problems(
+        monkeypatch,
+        MINIMAL | {"DB_PORT": "x", "XMATCH_ENGINE": "vizier", "XMATCH_CATALOGS": "{"},
+    )
+    assert message.count("\n- ") == 3
+
+
+@pytest.mark.parametrize(
+    ("formats", "valid"),
+    [
+        ("ztf_%s_programid1", True),
+        ("ztf_%s_programid1,ztf_%s_programid2", True),
+        ("ztf_programid1", False),
+        ("ztf_%s_programid1,ztf_programid2", False),
+        ("ztf_%s_%s", False),
+    ],
+)
+def test_daily_topic_formats_are_checked_like_the_topic_selection_reads_them(
+    formats: str, valid: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    environment = {k: v for k, v in MINIMAL.items() if k != "CONSUMER_TOPICS"}
+    environment["TOPIC_STRATEGY_FORMAT"] = formats
+    if valid:
+        use_environment(monkeypatch, environment)
+        assert load_settings(os.environ).input_topics.daily_format == formats
+    else:
+        assert "each format must contain '%s' once" in _problems(monkeypatch, environment)
+
+
+def test_two_ways_of_naming_topics_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = _problems(monkeypatch, MINIMAL | {"XMATCH_TOPIC_PATTERN": "^ztf_.*$"})
+    assert "set exactly one of CONSUMER_TOPICS" in message
+    message = _problems(monkeypatch, MINIMAL | {"XMATCH_TOPIC_PATTERN": "ztf_(["})
+    assert "XMATCH_TOPIC_PATTERN='ztf_([' is not a regex" in message
+
+
+def test_topic_lists_drop_blanks(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_environment(monkeypatch, MINIMAL | {"CONSUMER_TOPICS": " a , b, ,c, "})
+    assert load_settings(os.environ).input_topics.topics == ("a", "b", "c")
+
+
+def test_the_original_environment_carries_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_environment(monkeypatch, ORIGINAL)
+    settings = load_settings(os.environ)
+    assert settings.kafka_bootstrap_servers == "kafka-1:9092,kafka-2:9092"
+    assert settings.input_topics.topics == ("ztf_20200101_programid1", "ztf_20200102_programid1")
+    assert settings.consumer_group_id == "xmatch_consumer"
+    assert settings.output_topic == "xmatch"
+    assert settings.consume_timeout_seconds == 10.0
+    assert settings.max_messages_per_run == 1000
+    assert (settings.metrics_bootstrap_servers, settings.metrics_topic) == (
+        "metrics-kafka:9092",
+        "metrics",
+    )
+    database = settings.database
+    assert (database.host, database.port, database.user, database.name) == (
+        "db.example.org",
+        5433,
+        "alerce",
+        "ztf",
+    )
+    assert database.password.reveal() == DB_SECRET
+    assert (settings.step.step_id, settings.step.name, settings.step.version) == (
+        "xmatch_1.0",
+        "xmatch",
+        "1.0",
+    )
+    # RETRIES counted retries after the first attempt; RETRY_INTERVAL is the first wait.
+    assert settings.cds.max_attempts == 4
+    assert settings.cds.backoff_initial_seconds == 2.0
+    # As the original: CDS, ALLWISE, best match within 1″.
+    assert settings.engine == "cds"
+    assert settings.catalogs == (ALLWISE_SPEC,)
+    assert settings.output_precision == "double"
+    assert settings.consumer_credentials is not None
+    assert settings.consumer_credentials.username == "alerce"
+    assert settings.consumer_credentials.password.reveal() == SASL_SECRET
+    kafka = PipelineServices(settings).kafka.as_dict()
+    assert kafka["security.protocol"] == "SASL_SSL"
+    assert kafka["sasl.mechanisms"] == "SCRAM-SHA-512"
+
+
+def test_secrets_never_show_in_settings_or_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_environment(monkeypatch, ORIGINAL)
+    settings = load_settings(os.environ)
+    services = PipelineServices(settings)
+    shown = " ".join(
+        [
+            repr(settings),
+            str(settings),
+            repr(settings.database),
+            settings.database.redacted_url(),
+            repr(services.kafka),
+            str(services.microbatch_config()),
+        ]
+    )
+    assert DB_SECRET not in shown
+    assert SASL_SECRET not in shown
+    assert "alerce" in shown  # the user name is fine to show
+    # The one place the password goes is the URL handed to SQLAlchemy.
+    assert DB_SECRET in settings.database.sqlalchemy_url()
+
+
+def test_local_engine_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    use_environment(
+        monkeypatch,
+        MINIMAL
+        | {
+            "XMATCH_ENGINE": "local",
+            "XMATCH_LOCAL_CATALOGS": f"allwise={tmp_path}",
+            "XMATCH_MAX_MESSAGES_PER_RUN": "250",
+            "CONSUME_MESSAGES": "1000",
+        },
+    )
+    settings = load_settings(os.environ)
+    assert settings.engine == "local"
+    assert settings.local_catalog_directories == {"allwise": tmp_path}
+    assert settings.max_messages_per_run == 250  # the new variable wins over the original's
+    assert settings.use_match_cache is False
