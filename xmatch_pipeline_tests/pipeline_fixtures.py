@@ -26,6 +26,7 @@ from dagster import (
     RunsFilter,
     SensorResult,
     build_sensor_context,
+    mem_io_manager,
 )
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
@@ -37,6 +38,8 @@ from xmatch_pipeline.orchestration.resources import XmatchResource
 from xmatch_pipeline.orchestration.sensors import build_kafka_lag_sensor
 
 RUN_KEY_TAG = "dagster/run_key"
+#: As the code location binds them (definitions.py): reports stay in memory between ops.
+JOB_RESOURCES = {"io_manager": mem_io_manager}
 
 #: Every variable ``load_settings`` reads: cleared before a test sets its own.
 SETTING_NAMES = (
@@ -352,7 +355,7 @@ def execute_request(instance: DagsterInstance, request: RunRequest) -> ExecuteIn
     return xmatch_microbatch.execute_in_process(
         run_config=request.run_config,
         instance=instance,
-        resources={"xmatch": XmatchResource()},
+        resources=JOB_RESOURCES | {"xmatch": XmatchResource()},
         tags={**request.tags, RUN_KEY_TAG: request.run_key or ""},
         raise_on_error=False,
     )

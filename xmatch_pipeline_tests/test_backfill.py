@@ -15,6 +15,7 @@ from xmatch_pipeline.orchestration.assets import CROSSMATCH_TABLES, OUTPUT_TOPIC
 from xmatch_pipeline.orchestration.jobs import xmatch_backfill
 from xmatch_pipeline.orchestration.resources import XmatchResource
 from xmatch_pipeline_tests.pipeline_fixtures import (
+    JOB_RESOURCES,
     SmallStream,
     drive_sensor_and_jobs,
     group_offsets,
@@ -61,7 +62,7 @@ def _run_backfill(
             }
         },
         instance=instance,
-        resources={"xmatch": XmatchResource()},
+        resources=JOB_RESOURCES | {"xmatch": XmatchResource()},
     )
 
 
