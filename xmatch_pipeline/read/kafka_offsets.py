@@ -170,6 +170,11 @@ class KafkaOffsetsReader:
                 [request], require_stable=True, request_timeout=_at_least(deadline)
             )
             answer: ConsumerGroupTopicPartitions = _result(futures[self.group_id], deadline)
+            for entry in answer.topic_partitions or []:
+                # Just after a transaction commits offsets the broker answers "unstable" per
+                # partition until its markers land: retry it like a request-level error.
+                if entry.error is not None and entry.error.code() in _RETRIABLE_CODES:
+                    raise KafkaException(entry.error)
             return answer
 
         answer = self._call(f"committed offsets of group {self.group_id!r}", fetch, deadline)
