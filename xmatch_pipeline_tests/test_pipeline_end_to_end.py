@@ -153,6 +153,7 @@ def test_real_alerts_through_sensor_and_job_exactly_once(
     assert 20 <= len(expected) < len(alerts)
     input_topic = new_topic("e2e-in", partitions=2)
     output_topic = new_topic("e2e-out")
+    metrics_topic = new_topic("e2e-metrics")
     group = unique_group()
     use_environment(
         monkeypatch,
@@ -164,6 +165,7 @@ def test_real_alerts_through_sensor_and_job_exactly_once(
             group_id=group,
             index_dir=real_stream.index_dir,
             XMATCH_MAX_MESSAGES_PER_RUN=str(MAX_MESSAGES_PER_RUN),
+            METRICS_TOPIC=metrics_topic,
         ),
     )
     produce_values(
@@ -299,3 +301,10 @@ def test_real_alerts_through_sensor_and_job_exactly_once(
     assert sum(m["matched"].value for m in metadata) == len(expected)  # type: ignore[misc]
     assert all("lag_after" in m and "seconds_crossmatch" in m for m in metadata)
     assert all(0.0 <= m["match_rate"].value <= 1.0 for m in metadata)  # type: ignore[operator]
+
+    # The original's metrics message, one per run, naming every alert once.
+    reports = [json.loads(m.value) for m in read_committed(kafka_bootstrap, metrics_topic)]
+    assert len(reports) == 6
+    assert sum(report["n_messages"] for report in reports) == 86
+    assert sorted(c for report in reports for c in report["candid"]) == sorted(by_candid)
+    assert {report["source"] for report in reports} == {"xmatch-test"}
