@@ -12,7 +12,8 @@ import csv
 import os
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -400,6 +401,22 @@ def drive_sensor_and_jobs(
 
 
 # --- PostgreSQL -----------------------------------------------------------------------
+
+
+@contextmanager
+def fresh_database(database_url: str) -> Iterator[str]:
+    """A new, empty database on the devstack server (as conftest's module-scoped
+    ``fresh_database_url``), for a test that needs one of its own."""
+    name = f"xmatch_test_{uuid.uuid4().hex[:16]}"
+    server = create_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with server.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with server.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        server.dispose()
 
 
 def table_rows(database_url: str, table: str, order_by: str) -> list[tuple[Any, ...]]:
