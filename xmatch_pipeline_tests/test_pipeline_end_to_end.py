@@ -25,7 +25,7 @@ from xmatch_pipeline.cds_server.server import CdsXmatchServer
 from xmatch_pipeline.decode.avro_codec import DecodedAlert, decode_alert
 from xmatch_pipeline.match.allwise import CDS_COLUMNS, DATABASE_COLUMNS
 from xmatch_pipeline.orchestration import run_tags
-from xmatch_pipeline.orchestration.assets import CROSSMATCH_TABLES, OUTPUT_TOPIC
+from xmatch_pipeline.orchestration.assets import CROSSMATCH_TABLES, DEAD_LETTER_TOPIC, OUTPUT_TOPIC
 from xmatch_pipeline.publish.enriched_alert import XMATCHES_FIELD, xmatches_field
 from xmatch_pipeline_tests.pipeline_fixtures import (
     allwise_rows,
@@ -38,6 +38,7 @@ from xmatch_pipeline_tests.pipeline_fixtures import (
     produce_values,
     query,
     read_committed,
+    small_stream,
     table_rows,
     unique_group,
     use_environment,
@@ -341,3 +342,50 @@ def test_real_alerts_through_sensor_and_job_exactly_once(
     assert sum(report["n_messages"] for report in reports) == 86
     assert sorted(c for report in reports for c in report["candid"]) == sorted(by_candid)
     assert {report["source"] for report in reports} == {"xmatch-test"}
+
+
+def test_an_undecodable_message_is_dead_lettered_and_never_blocks_the_partition(
+    *,
+    shared_data_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    kafka_bootstrap: str,
+    fresh_database_url: str,
+    new_topic: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = small_stream(shared_data_dir, tmp_path_factory.mktemp("dead-letter-catalog"))
+    input_topic, output_topic = new_topic("e2e-dlq-in"), new_topic("e2e-dlq-out")
+    dead_letters = new_topic("e2e-dlq")
+    environment = pipeline_environment(
+        kafka_bootstrap=kafka_bootstrap,
+        database_url=fresh_database_url,
+        input_topic=input_topic,
+        output_topic=output_topic,
+        group_id=unique_group(),
+        index_dir=stream.index_dir,
+        XMATCH_DEAD_LETTER_TOPIC=dead_letters,
+    )
+    use_environment(monkeypatch, environment)
+    garbage = b"not an avro container"
+    good = stream.messages[:4]
+    produce_values(kafka_bootstrap, input_topic, [*good[:2], ("broken", garbage), *good[2:]])
+    instance = DagsterInstance.ephemeral()
+
+    log = drive_sensor_and_jobs(instance)
+
+    assert [run.success for run in log.runs] == [True]
+    received = read_committed(kafka_bootstrap, output_topic)
+    assert sorted(decode_alert(m.value).object_id for m in received) == sorted(o for o, _ in good)
+    (letter,) = read_committed(kafka_bootstrap, dead_letters)
+    assert (letter.key, letter.value) == (b"broken", garbage)
+    assert letter.headers["origin.topic"] == input_topic.encode()
+    assert letter.headers["origin.offset"] == b"2"
+    assert letter.headers["reason"]
+    assert group_offsets(kafka_bootstrap, environment["CONSUMER_GROUP_ID"], input_topic) == {0: 5}
+    assert query(
+        fresh_database_url,
+        "SELECT alerts_in, dead_lettered FROM offset_range_ledger WHERE topic = :topic",
+        topic=input_topic,
+    ) == [(5, 1)]
+    (event,) = instance.fetch_materializations(DEAD_LETTER_TOPIC, limit=5).records
+    assert event.asset_materialization.metadata["dead_lettered"].value == 1  # type: ignore[union-attr]
