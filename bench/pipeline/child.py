@@ -1,0 +1,174 @@
+"""One measurement in a fresh process: ``python -m bench.pipeline.child METHOD RANGE``.
+
+The settings come from the environment, as in production. Imports happen before the clock
+starts (a deployment pays them once per process, the latency benchmark measures them in the
+daemon's runs); the clock covers everything a run does, from building its clients to the
+committed offsets. The last stdout line is a JSON object; ``peak_rss_mb`` is the process's
+``ru_maxrss`` at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import resource
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.settings import PipelineSettings, load_settings
+
+METHODS = ("job", "runner", "passthrough", "naive")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _report_fields(report: Any) -> dict[str, Any]:
+    return {
+        "messages": report.messages_in,
+        "bytes_in": report.bytes_in,
+        "bytes_out": report.bytes_out,
+        "matched": report.alerts_matched,
+        "stages": asdict(report.seconds),
+    }
+
+
+def _runner(settings: PipelineSettings, offset_range: OffsetRange) -> Callable[[], dict[str, Any]]:
+    from xmatch_pipeline.services import PipelineServices
+
+    def run() -> dict[str, Any]:
+        services = PipelineServices(settings)
+        try:
+            report = services.runner().run(offset_range, run_id=uuid.uuid4().hex, mode="live")
+        finally:
+            services.dispose()
+        return _report_fields(report)
+
+    return run
+
+
+def _job(_settings: PipelineSettings, offset_range: OffsetRange) -> Callable[[], dict[str, Any]]:
+    from dagster import mem_io_manager
+
+    from xmatch_pipeline.orchestration.jobs import xmatch_microbatch
+    from xmatch_pipeline.orchestration.resources import XmatchResource
+
+    run_config = {
+        "ops": {
+            "check_offset_range": {
+                "config": {
+                    "topic": offset_range.topic,
+                    "partition": offset_range.partition,
+                    "start_offset": offset_range.start,
+                    "end_offset": offset_range.end,
+                }
+            }
+        }
+    }
+
+    def run() -> dict[str, Any]:
+        result = xmatch_microbatch.execute_in_process(
+            run_config=run_config,
+            resources={"xmatch": XmatchResource(), "io_manager": mem_io_manager},
+        )
+        if not result.success:
+            raise RuntimeError("the xmatch_microbatch run failed")
+        return _report_fields(result.output_for_node("crossmatch_offset_range"))
+
+    return run
+
+
+def _passthrough(
+    settings: PipelineSettings, offset_range: OffsetRange
+) -> Callable[[], dict[str, Any]]:
+    """The limit: read the range and produce the same bytes in a transaction with the offsets."""
+    from xmatch_pipeline.publish.kafka_transaction import (
+        TransactionalPublisher,
+        transactional_id_for,
+    )
+    from xmatch_pipeline.read.kafka_range_reader import KafkaRangeReader
+    from xmatch_pipeline.services import kafka_client_config
+
+    def run() -> dict[str, Any]:
+        kafka = kafka_client_config(settings.kafka_bootstrap_servers, None)
+        group = settings.consumer_group_id
+        reader = KafkaRangeReader(kafka, group)
+        publisher = TransactionalPublisher(
+            kafka, transactional_id_for(group, offset_range.topic, offset_range.partition)
+        )
+        messages = size = 0
+        try:
+            publisher.init()
+            publisher.begin()
+            for chunk in reader.read(offset_range, settings.chunk_messages):
+                for record in chunk:
+                    publisher.produce(settings.output_topic, record.value, key=record.key)
+                    messages += 1
+                    size += len(record.value)
+            publisher.commit_with_offsets(
+                {(offset_range.topic, offset_range.partition): offset_range.end},
+                reader.consumer_group_metadata(),
+            )
+        finally:
+            publisher.close()
+            reader.close()
+        return {"messages": messages, "bytes_in": size, "bytes_out": size}
+
+    return run
+
+
+def _naive(settings: PipelineSettings, offset_range: OffsetRange) -> Callable[[], dict[str, Any]]:
+    from bench.pipeline.naive import run_naive
+
+    def run() -> dict[str, Any]:
+        return dict(run_naive(settings, offset_range, settings.chunk_messages))
+
+    return run
+
+
+_BUILDERS = {"job": _job, "runner": _runner, "passthrough": _passthrough, "naive": _naive}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("method", choices=METHODS)
+    parser.add_argument("topic")
+    parser.add_argument("partition", type=int)
+    parser.add_argument("start", type=int)
+    parser.add_argument("end", type=int)
+    parser.add_argument("--profile", help="write a cProfile of the measured part here")
+    arguments = parser.parse_args()
+    settings = load_settings(os.environ)
+    offset_range = OffsetRange(arguments.topic, arguments.partition, arguments.start, arguments.end)
+    run = _BUILDERS[arguments.method](settings, offset_range)
+    rss_before = _peak_rss_mb()
+    profiler = cProfile.Profile() if arguments.profile else None
+    started_at = time.time()
+    started = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    result = run()
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(arguments.profile)
+    seconds = time.perf_counter() - started
+    result |= {
+        "method": arguments.method,
+        "seconds": seconds,
+        "started_at": started_at,
+        "finished_at": started_at + seconds,
+        "peak_rss_mb": _peak_rss_mb(),
+        "rss_before_mb": rss_before,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
