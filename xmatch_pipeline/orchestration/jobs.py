@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dagster import (
     AssetMaterialization,
     Config,
+    Failure,
     In,
     Nothing,
     OpExecutionContext,
@@ -82,9 +83,18 @@ def check_offset_range(
             f"{offset_range}: group at {lag.committed}, high watermark {lag.high}, lag {lag.lag}"
         )
         if lag.committed != offset_range.start:
-            context.log.warning(
-                f"the group's committed offset is {lag.committed}, not the range's start "
-                f"{offset_range.start}: this run will move it to {offset_range.end}"
+            # A live run commits the group to the range's end: from anywhere else that
+            # would output later alerts twice (behind) or skip offsets (ahead).
+            effect = (
+                "output every alert after it a second time"
+                if lag.committed > offset_range.start
+                else f"skip offsets [{lag.committed}, {offset_range.start})"
+            )
+            raise Failure(
+                f"{offset_range}: the consumer group is at offset {lag.committed}, not at the "
+                f"range's start {offset_range.start}; a live run would move it to "
+                f"{offset_range.end} and {effect}. Reprocess a processed range with "
+                "xmatch_backfill; a live range starts where the group is."
             )
     yield Output(offset_range, metadata=lag_metadata("before", lag))
 
