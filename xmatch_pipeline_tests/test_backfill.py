@@ -11,9 +11,12 @@ import pytest
 from dagster import DagsterInstance, ExecuteInProcessResult
 
 from xmatch_pipeline.decode.avro_codec import decode_alert
+from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.orchestration.assets import CROSSMATCH_TABLES, OUTPUT_TOPIC
-from xmatch_pipeline.orchestration.jobs import xmatch_backfill
+from xmatch_pipeline.orchestration.jobs import xmatch_backfill, xmatch_microbatch
 from xmatch_pipeline.orchestration.resources import XmatchResource
+from xmatch_pipeline.orchestration.sensors import run_request
+from xmatch_pipeline.run_planning import PlannedRun
 from xmatch_pipeline_tests.pipeline_fixtures import (
     JOB_RESOURCES,
     SmallStream,
@@ -202,3 +205,32 @@ def test_backfill_of_an_unprocessed_range_leaves_the_live_group_where_it_was(
     log = drive_sensor_and_jobs(instance)
     assert [r.run_key for t in log.ticks for r in t.launched] == [f"{topic}[0]@[0,5)#attempt1"]
     assert group_offsets(kafka_bootstrap, environment["CONSUMER_GROUP_ID"], topic) == {0: 5}
+
+
+def test_a_live_run_over_a_processed_range_is_refused_without_rewinding_the_group(
+    processed: tuple[DagsterInstance, dict[str, str]],
+    kafka_bootstrap: str,
+    fresh_database_url: str,
+) -> None:
+    """Launching xmatch_microbatch (not xmatch_backfill) for an old range would commit the
+    group back to its end: every alert after it would be output twice."""
+    instance, environment = processed
+    topic, output = environment["CONSUMER_TOPICS"], environment["PRODUCER_TOPIC"]
+    group = environment["CONSUMER_GROUP_ID"]
+    before = _dump(fresh_database_url)
+    request = run_request(PlannedRun(OffsetRange(topic, 0, 0, 7), 1, "operator"))
+
+    result = xmatch_microbatch.execute_in_process(
+        run_config=request.run_config,
+        instance=instance,
+        resources=JOB_RESOURCES | {"xmatch": XmatchResource()},
+        raise_on_error=False,
+    )
+
+    assert not result.success
+    failure = str(result.get_step_failure_events()[0].event_specific_data)
+    assert "xmatch_backfill" in failure
+    assert group_offsets(kafka_bootstrap, group, topic) == {0: ALERTS}
+    assert len(read_committed(kafka_bootstrap, output)) == ALERTS
+    assert _dump(fresh_database_url) == before
+    assert not drive_sensor_and_jobs(instance).runs
