@@ -31,7 +31,6 @@ from xmatch_pipeline.match.cds_response import (
 )
 from xmatch_pipeline.match.cds_upload import healpix_indices
 from xmatch_pipeline.match.engine import CrossmatchError
-from xmatch_pipeline.match.match_cache import InMemoryMatchCache
 from xmatch_pipeline.match.unmatched import unmatched_ids
 from xmatch_pipeline_tests.cds_fixtures import (
     REQUEST_FILE,
@@ -325,31 +324,6 @@ def test_an_unreachable_service_gives_a_clear_error(positions: pd.DataFrame) -> 
     client = quick_client("http://127.0.0.1:9/xmatch/api/v1/sync", deadline_seconds=0.5)
     with pytest.raises(CdsUnavailableError, match=r"127\.0\.0\.1:9.*ConnectionError"):
         client.crossmatch(positions.iloc[:10], ALLWISE_SPEC)
-
-
-# --- the cache -----------------------------------------------------------------------
-
-
-def test_cached_objects_are_not_sent_again(
-    server: CdsXmatchServer, positions: pd.DataFrame
-) -> None:
-    cache = InMemoryMatchCache()
-    settings = CdsClientSettings(url=server.url, connect_timeout_seconds=0.5)
-    client = CdsXmatchClient(settings, cache=cache)
-    first = client.crossmatch(positions.iloc[:400], ALLWISE_SPEC)
-    assert len(server.requests) == 1
-
-    again = client.crossmatch(positions.iloc[:400], ALLWISE_SPEC)
-    pd.testing.assert_frame_equal(again, first)
-    assert len(server.requests) == 2  # the unmatched ones are asked again
-    assert len(uploaded_positions(server.requests[1].upload or b"")) == 400 - len(first)
-
-    wider = client.crossmatch(positions.iloc[:600], ALLWISE_SPEC)
-    uploaded = uploaded_positions(server.requests[2].upload or b"")
-    assert not set(uploaded["id_in"].astype("int64")) & set(first["id"])
-    pd.testing.assert_frame_equal(wider.iloc[: len(first)], first)
-    direct = quick_client(server.url).crossmatch(positions.iloc[:600], ALLWISE_SPEC)
-    pd.testing.assert_frame_equal(wider, direct)
 
 
 def test_settings_refuse_what_would_get_the_address_banned() -> None:

@@ -28,8 +28,6 @@ ANGULAR_DISTANCE = "angDist"
 #: ``oid → stored match``; the pipeline passes ``store.match_cache.MatchCache.known_matches``.
 KnownMatchLookup = Callable[[Sequence[str]], Mapping[str, KnownMatch]]
 
-_DATABASE_TO_CDS = {database: cds for cds, database in allwise.DATABASE_COLUMNS.items()}
-
 
 @dataclass
 class BatchMatches:
@@ -75,7 +73,7 @@ def _cached_allwise_matches(
         stored = known.get(alert.object_id)
         if stored is None:
             continue
-        source = {_DATABASE_TO_CDS[name]: value for name, value in stored.allwise.items()}
+        source = allwise.cds_values(stored.allwise)
         source_ra, source_dec = stored.allwise["ra"], stored.allwise["dec"]
         if not isinstance(source_ra, float) or not isinstance(source_dec, float):
             continue  # a stored source without a position cannot be checked: match again

@@ -55,7 +55,6 @@ from xmatch_pipeline.match.cds_upload import (
     upload_chunks,
     validate_positions,
 )
-from xmatch_pipeline.match.match_cache import MatchCache
 
 DEFAULT_CDS_XMATCH_URL = "https://cdsxmatch.cds.unistra.fr/xmatch/api/v1/sync"
 #: More parallel jobs than this risk a ban; CDS publishes no limit and asks for one or two.
@@ -122,23 +121,21 @@ class _ChunkAnswer:
 class CdsXmatchClient:
     """A ``CrossmatchEngine`` backed by the CDS XMatch service (or anything speaking its API).
 
-    ``cache``, when given, is asked first: ids it knows are not uploaded, and fresh matches
-    are stored into it. ``sleep``, ``clock`` and ``jitter`` are injectable so that tests
-    need not wait for real backoffs.
+    Caching stored matches is the pipeline's business (``match.alert_matching``), not the
+    engine's. ``sleep``, ``clock`` and ``jitter`` are injectable so that tests need not
+    wait for real backoffs.
     """
 
     def __init__(
         self,
         settings: CdsClientSettings | None = None,
         *,
-        cache: MatchCache | None = None,
         session_factory: Callable[[], requests.Session] = requests.Session,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         jitter: random.Random | None = None,
     ) -> None:
         self.settings = settings or CdsClientSettings()
-        self._cache = cache
         self._session_factory = session_factory
         self._sleep = sleep
         self._clock = clock
@@ -148,23 +145,7 @@ class CdsXmatchClient:
         """Matches of ``positions`` in ``catalog``, shaped as ``match.engine`` documents."""
         validate_positions(positions)
         positions = positions.reset_index(drop=True)
-        cached = self._cached_matches(positions, catalog)
-        to_send = positions
-        if cached is not None and not cached.empty:
-            to_send = positions[~positions["id"].isin(cached["id"])].reset_index(drop=True)
-        fresh = self._match_remotely(to_send, catalog)
-        if self._cache is not None:
-            self._cache.store(catalog, fresh)
-        if cached is None or cached.empty:
-            return fresh
-        if fresh.empty:  # an empty answer's dtypes are guesses: keep the cached ones
-            return _in_input_order(positions, cached)
-        return _in_input_order(positions, pd.concat([cached, fresh], ignore_index=True))
-
-    def _cached_matches(self, positions: pd.DataFrame, catalog: CatalogSpec) -> pd.DataFrame | None:
-        if self._cache is None:
-            return None
-        return self._cache.lookup(catalog, positions["id"].drop_duplicates().tolist())
+        return self._match_remotely(positions, catalog)
 
     def _match_remotely(self, positions: pd.DataFrame, catalog: CatalogSpec) -> pd.DataFrame:
         chunks = list(upload_chunks(positions, self.settings.chunk_rows))
@@ -398,15 +379,3 @@ def _catalog_columns(raw: pd.DataFrame, catalog: CatalogSpec, url: str) -> list[
             f"catalog {catalog.name!r}; check the column names (they are VizieR's)"
         )
     return list(catalog.columns)
-
-
-def _in_input_order(positions: pd.DataFrame, matches: pd.DataFrame) -> pd.DataFrame:
-    """Matches sorted by their id's first row in ``positions``, then by distance."""
-    first_row = (
-        pd.Series(np.arange(len(positions)), index=positions["id"].to_numpy())
-        .groupby(level=0)
-        .min()
-    )
-    rows = first_row.reindex(matches["id"].to_numpy()).to_numpy()
-    order = np.lexsort((matches[ANGULAR_DISTANCE_COLUMN].to_numpy(dtype=np.float64), rows))
-    return matches.iloc[order].reset_index(drop=True)
