@@ -56,7 +56,8 @@ def database_url(devstack: DevstackSettings) -> str:
 @pytest.fixture
 def new_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
     """Create topics with unique names so tests never see each other's messages."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
 
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     created: list[str] = []
