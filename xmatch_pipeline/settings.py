@@ -19,6 +19,7 @@ from urllib.parse import quote
 from xmatch_pipeline.match import allwise
 from xmatch_pipeline.match.catalog_spec import CatalogSpec
 from xmatch_pipeline.match.cds_client import DEFAULT_CDS_XMATCH_URL, CdsClientSettings
+from xmatch_pipeline.match.index_manifest import MANIFEST_FILE
 from xmatch_pipeline.publish.dead_letter import dead_letter_topic_for
 from xmatch_pipeline.read.topic_selection import topics_from_list
 
@@ -346,6 +347,13 @@ def load_settings(environment: Mapping[str, str]) -> PipelineSettings:
                 "build one with 'xmatch-pipeline catalog build' and set "
                 "XMATCH_LOCAL_CATALOGS=allwise=/path/to/index"
             )
+        # Checked here so that a wrong path stops the code location, not every run.
+        for name, directory in local_directories.items():
+            if not (directory / MANIFEST_FILE).is_file():
+                reader.problems.append(
+                    f"XMATCH_LOCAL_CATALOGS {name}={directory}: no catalog index there "
+                    f"({MANIFEST_FILE} missing); build one with 'xmatch-pipeline catalog build'"
+                )
     sensor_interval = reader.integer(
         "XMATCH_SENSOR_INTERVAL_SECONDS", 30, minimum=MINIMUM_SENSOR_INTERVAL_SECONDS
     )
