@@ -214,6 +214,11 @@ def test_secrets_never_show_in_settings_or_clients(monkeypatch: pytest.MonkeyPat
 
 
 def test_local_engine_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert "allwise=" in _problems(
+        monkeypatch,
+        MINIMAL | {"XMATCH_ENGINE": "local", "XMATCH_LOCAL_CATALOGS": f"allwise={tmp_path}"},
+    )
+    (tmp_path / "manifest.json").write_text("{}")  # only its presence is checked here
     use_environment(
         monkeypatch,
         MINIMAL
