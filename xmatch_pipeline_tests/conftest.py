@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,6 +55,22 @@ def database_url(devstack: DevstackSettings) -> str:
     return devstack.database_url
 
 
+def _wait_until_visible(admin: Any, topic: str, partitions: int) -> None:
+    """A created topic reaches the broker's metadata a moment later; tests need it there."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        metadata = admin.list_topics(timeout=5).topics.get(topic)
+        if (
+            metadata is not None
+            and metadata.error is None
+            and len(metadata.partitions) == partitions
+            and all(p.leader >= 0 for p in metadata.partitions.values())
+        ):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"topic {topic} did not appear in the broker's metadata within 30 s")
+
+
 @pytest.fixture
 def new_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
     """Create topics with unique names so tests never see each other's messages."""
@@ -67,6 +85,7 @@ def new_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
         futures = admin.create_topics([NewTopic(name, partitions, 1)], operation_timeout=30)
         futures[name].result(timeout=30)
         created.append(name)
+        _wait_until_visible(admin, name, partitions)
         return name
 
     yield create
