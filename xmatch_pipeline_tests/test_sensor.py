@@ -28,7 +28,7 @@ from sqlalchemy.pool import NullPool
 
 from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.orchestration import run_tags
-from xmatch_pipeline.orchestration.jobs import xmatch_microbatch
+from xmatch_pipeline.orchestration.jobs import xmatch_backfill, xmatch_microbatch
 from xmatch_pipeline.orchestration.sensors import run_request
 from xmatch_pipeline.run_planning import PlannedRun
 from xmatch_pipeline.store.range_ledger import RangeLedger
@@ -297,6 +297,28 @@ def test_a_partition_with_a_run_in_flight_is_skipped(
             tags=queued.tags,
             status=status,
             # Dagster refuses a queued run without the code location it would launch from.
+            remote_job_origin=IN_PROCESS_ORIGIN,
+        )
+    )
+    result = evaluate_sensor(instance, None)
+    assert [r.run_key for r in result.run_requests or []] == [f"{topic}[0]@[0,3)#attempt1"]
+
+
+def test_a_partition_with_a_backfill_in_flight_is_skipped(harness: Harness) -> None:
+    """Backfill runs carry no partition tags: the sensor reads their ranges from config."""
+    topic = harness.new_topic("sensor-backfill-busy", partitions=2)
+    harness.use(harness.environment(topic, XMATCH_MAX_MESSAGES_PER_RUN="50"))
+    harness.produce(topic, 0, 6, partitions=2)
+    instance = DagsterInstance.ephemeral()
+    backfill_range = {"topic": topic, "partition": 1, "start_offset": 0, "end_offset": 3}
+    instance.add_run(
+        DagsterRun(
+            job_name=xmatch_backfill.name,
+            run_id=make_new_run_id(),
+            run_config={
+                "ops": {"backfill_offset_ranges": {"config": {"ranges": [backfill_range]}}}
+            },
+            status=DagsterRunStatus.STARTED,
             remote_job_origin=IN_PROCESS_ORIGIN,
         )
     )

@@ -2,7 +2,9 @@
 partition. The planning rules are in ``xmatch_pipeline.run_planning``."""
 
 import json
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 from dagster import (
     AssetObservation,
@@ -34,8 +36,19 @@ UNFINISHED_STATUSES = [
 ]
 
 
+def _backfill_partitions(run_config: Mapping[str, Any]) -> set[PartitionKey]:
+    """The partitions a backfill run was launched over, from its config (it has no tags)."""
+    op_config = run_config.get("ops", {}).get("backfill_offset_ranges", {}).get("config", {})
+    return {
+        (str(entry["topic"]), int(entry["partition"]))
+        for entry in op_config.get("ranges", [])
+        if "topic" in entry and "partition" in entry
+    }
+
+
 def partitions_in_flight(instance: DagsterInstance) -> set[PartitionKey]:
-    """Partitions with a queued or running run of either job (tags name them)."""
+    """Partitions with a queued or running run of either job: live runs by their tags,
+    backfills by the ranges in their config."""
     busy: set[PartitionKey] = set()
     for job_name in (xmatch_microbatch.name, xmatch_backfill.name):
         runs = instance.get_runs(
@@ -45,6 +58,8 @@ def partitions_in_flight(instance: DagsterInstance) -> set[PartitionKey]:
             topic, partition = run.tags.get(run_tags.TOPIC), run.tags.get(run_tags.PARTITION)
             if topic is not None and partition is not None:
                 busy.add((topic, int(partition)))
+            if job_name == xmatch_backfill.name:
+                busy |= _backfill_partitions(run.run_config)
     return busy
 
 
