@@ -63,6 +63,8 @@ QUICK = Plan(
 )  # fmt: skip
 
 
+RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
+
 #: A variant of the project's dagster.yaml tried beside it: the queue checked every second
 #: and runs launched in parallel threads instead of one after the other.
 QUEUE_VARIANT = {"dequeue_interval_seconds": 1, "dequeue_use_threads": True}
@@ -154,7 +156,13 @@ def main() -> None:
     parser.add_argument("--with-engines", action="store_true",
                         help="also run bench.crossmatch_engines (~100 s)")  # fmt: skip
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the report and plot from the saved raw results")  # fmt: skip
     arguments = parser.parse_args()
+    if arguments.report_only:
+        stem = "pipeline_quick" if arguments.quick else "pipeline"
+        _write_outputs(json.loads((RESULTS_DIR / f"{stem}.json").read_text()), arguments.quick)
+        return
     plan = QUICK if arguments.quick else FULL
     started = time.perf_counter()
     results: dict[str, Any] = {
@@ -170,10 +178,15 @@ def main() -> None:
         "phase_seconds": {},
     }  # fmt: skip
 
+    stem = "pipeline_quick" if arguments.quick else "pipeline"
+
     def phase(name: str, since: float) -> float:
+        """Note the phase's time and load, and save what is measured so far."""
         now = time.perf_counter()
         results["phase_seconds"][name] = now - since
         results[f"load_after_{name}"] = load_average()
+        results["total_seconds"] = now - started
+        (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str))
         return now
 
     _log(f"load average {results['load_before']}; devstack up")
@@ -224,15 +237,16 @@ def main() -> None:
     results["load_after"] = load_average()
     results["total_seconds"] = time.perf_counter() - started
 
-    stem = "pipeline_quick" if arguments.quick else "pipeline"
-    results_dir = PROJECT_ROOT / "bench" / "results"
-    (results_dir / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str))
-    plot = (results_dir / f"{stem}.png") if arguments.quick else (
+    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str))
+    _write_outputs(results, arguments.quick)
+
+
+def _write_outputs(results: dict[str, Any], quick: bool) -> None:
+    stem = "pipeline_quick" if quick else "pipeline"
+    plot = (RESULTS_DIR / f"{stem}.png") if quick else (
         PROJECT_ROOT / "docs" / "benchmark_throughput.png"
     )  # fmt: skip
-    report = (results_dir / f"{stem}.md") if arguments.quick else (
-        PROJECT_ROOT / "docs" / "benchmarks.md"
-    )  # fmt: skip
+    report = (RESULTS_DIR / f"{stem}.md") if quick else (PROJECT_ROOT / "docs" / "benchmarks.md")
     write_plot(results, plot)
     report.write_text(write_report(results, plot.relative_to(report.parent)))
     _log(f"done in {results['total_seconds'] / 60:.1f} min: {report}, {plot}")

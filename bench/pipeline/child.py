@@ -133,6 +133,20 @@ def _naive(settings: PipelineSettings, offset_range: OffsetRange) -> Callable[[]
     return run
 
 
+def _ensure_schema(settings: PipelineSettings) -> None:
+    """The tables of this code's version, before the clock (a deployment creates them once)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from xmatch_pipeline.store.schema import ensure_schema
+
+    engine = create_engine(settings.database.sqlalchemy_url(), poolclass=NullPool)
+    try:
+        ensure_schema(engine)
+    finally:
+        engine.dispose()
+
+
 _BUILDERS = {"job": _job, "runner": _runner, "passthrough": _passthrough, "naive": _naive}
 
 
@@ -147,6 +161,7 @@ def main() -> None:
     arguments = parser.parse_args()
     settings = load_settings(os.environ)
     offset_range = OffsetRange(arguments.topic, arguments.partition, arguments.start, arguments.end)
+    _ensure_schema(settings)
     run = _BUILDERS[arguments.method](settings, offset_range)
     rss_before = _peak_rss_mb()
     profiler = cProfile.Profile() if arguments.profile else None

@@ -258,7 +258,7 @@ def measure_latency(
     _write_instance_settings(work_dir, run_coordinator_config)
     log_path = work_dir / "daemon.log"
     with (
-        fresh_database(devstack) as database_url,
+        fresh_database(devstack, with_schema=False) as database_url,
         fresh_database(devstack, with_schema=False) as dagster_url,
         fresh_topic(devstack, "bench-latency-in", partitions) as input_topic,
         fresh_topic(devstack, "bench-latency-out", partitions) as output_topic,

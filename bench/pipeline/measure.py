@@ -82,7 +82,7 @@ def measure(
     profile: Path | None = None,
 ) -> dict[str, Any]:
     """One method over ``[start, end)`` with its own database, group and output topic."""
-    with fresh_database(surroundings.devstack) as database_url:
+    with fresh_database(surroundings.devstack, with_schema=False) as database_url:
         child, output_topic = start_child(
             method, surroundings, database_url, partition, start, end, profile
         )
@@ -100,7 +100,7 @@ def measure_parallel(
     method: str, surroundings: Surroundings, ranges: list[tuple[int, int, int]]
 ) -> list[dict[str, Any]]:
     """Runs over several ``(partition, start, end)`` at once, one process each, one database."""
-    with fresh_database(surroundings.devstack) as database_url:
+    with fresh_database(surroundings.devstack, with_schema=False) as database_url:
         started = [
             start_child(method, surroundings, database_url, partition, start, end)
             for partition, start, end in ranges

@@ -333,8 +333,8 @@ def write_report(results: dict[str, Any], plot: Path) -> str:
         f"![throughput vs batch size]({plot.as_posix()})",
         "",
         f"Repeats: {plan['repeats']} for {', '.join(f'{s:,}' for s in plan['sizes'])} alerts, "
-        f"{plan['large_repeats']} for {plan['large_size']:,} (a {plan['large_size']:,}-alert "
-        "run takes minutes per method); the naive way only at "
+        f"{plan['large_repeats']} for {plan['large_size']:,}, interleaved (every method at "
+        "every size, then the next repeat); the naive way only at "
         f"{', '.join(f'{s:,}' for s in plan['naive_sizes'])} and the runner alone only at "
         f"{', '.join(f'{s:,}' for s in plan['runner_sizes'])}, to fit the harness in ~25 min. "
         "Cells: median (min-max, n=repeats).",
