@@ -203,7 +203,7 @@ class MicrobatchRunner:
         self.config = config
         self.engine = engine
         self.database = database
-        self.ledger = RangeLedger(database)
+        self.ledger = RangeLedger(database, config.consumer_group_id)
         self._match_cache = StoredMatchCache(database) if config.use_match_cache else None
         self._stage_hook = stage_hook or (lambda stage: None)
 

@@ -100,7 +100,7 @@ class PipelineServices:
 
     @cached_property
     def ledger(self) -> RangeLedger:
-        return RangeLedger(self.database)
+        return RangeLedger(self.database, self.settings.consumer_group_id)
 
     @cached_property
     def crossmatch_engine(self) -> CrossmatchEngine:

@@ -119,7 +119,7 @@ def test_killed_run_then_rerun_outputs_every_alert_exactly_once(
 
         engine = create_engine(url, poolclass=NullPool)
         try:
-            ledger = RangeLedger(engine)
+            ledger = RangeLedger(engine, group_id)
             killed = ledger.entry(offset_range)
             assert killed is not None
             assert killed.run_id == killed_run_id

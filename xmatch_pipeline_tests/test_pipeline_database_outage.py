@@ -91,7 +91,7 @@ class OutageCase:
     def ledger_entry(self) -> LedgerEntry | None:
         engine = create_engine(self.database_url, poolclass=NullPool)
         try:
-            return RangeLedger(engine).entry(self.stream.offset_range)
+            return RangeLedger(engine, self.group_id).entry(self.stream.offset_range)
         finally:
             engine.dispose()
 

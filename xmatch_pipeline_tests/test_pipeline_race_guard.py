@@ -68,7 +68,7 @@ class _Pipeline:
     def ledger_entry(self, offset_range: OffsetRange) -> LedgerEntry | None:
         engine = create_engine(self.database_url, poolclass=NullPool)
         try:
-            return RangeLedger(engine).entry(offset_range)
+            return RangeLedger(engine, self.environment["CONSUMER_GROUP_ID"]).entry(offset_range)
         finally:
             engine.dispose()
 

@@ -257,11 +257,11 @@ def test_a_range_left_running_by_a_dead_run_is_retried_but_a_held_one_waits(
     harness: Harness,
 ) -> None:
     topic = harness.new_topic("sensor-dead")
-    harness.use(harness.environment(topic, XMATCH_MAX_MESSAGES_PER_RUN="5"))
+    environment = harness.use(harness.environment(topic, XMATCH_MAX_MESSAGES_PER_RUN="5"))
     harness.produce(topic, 0, 7)
     engine = create_engine(harness.database_url, poolclass=NullPool)
     ensure_schema(engine)
-    ledger = RangeLedger(engine)
+    ledger = RangeLedger(engine, environment["CONSUMER_GROUP_ID"])
     ledger.record_started(OffsetRange(topic, 0, 0, 5), "live", "a-run-that-died")
     instance = DagsterInstance.ephemeral()
     try:
@@ -332,13 +332,15 @@ def test_a_run_refused_by_the_partition_guard_is_requested_again(
     """Another process (an operator's ``dagster job execute``) holds the partition: the run
     fails before it reaches the ledger, and the partition must not stall on a used run key."""
     topic, output = harness.new_topic("sensor-guard"), harness.new_topic("sensor-guard-out")
-    harness.use(harness.environment(topic, output))
+    environment = harness.use(harness.environment(topic, output))
     harness.produce(topic, 0, 4)
     engine = create_engine(harness.database_url, poolclass=NullPool)
     ensure_schema(engine)
     instance = DagsterInstance.ephemeral()
     try:
-        with RangeLedger(engine).hold_partition(topic, 0, "someone-else"):
+        with RangeLedger(engine, environment["CONSUMER_GROUP_ID"]).hold_partition(
+            topic, 0, "someone-else"
+        ):
             (request,) = evaluate_sensor(instance, None).run_requests or []
             refused = execute_request(instance, request)
         assert not refused.success

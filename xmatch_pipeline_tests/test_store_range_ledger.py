@@ -30,8 +30,8 @@ HOLDER_SCRIPT = textwrap.dedent(
     from sqlalchemy import create_engine
     from xmatch_pipeline.store.range_ledger import RangeLedger
 
-    url, topic = sys.argv[1], sys.argv[2]
-    with RangeLedger(create_engine(url)).hold_partition(topic, 0, run_id="doomed-run"):
+    url, group, topic = sys.argv[1], sys.argv[2], sys.argv[3]
+    with RangeLedger(create_engine(url), group).hold_partition(topic, 0, run_id="doomed-run"):
         print("held", flush=True)
         time.sleep(120)
     """
@@ -46,9 +46,12 @@ def engine(fresh_database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+GROUP = "xmatch"
+
+
 @pytest.fixture
 def ledger(engine: Engine) -> RangeLedger:
-    return RangeLedger(engine)
+    return RangeLedger(engine, GROUP)
 
 
 @pytest.fixture
@@ -114,7 +117,7 @@ def test_a_sigkilled_holder_leaves_no_stale_lock(
     fresh_database_url: str, ledger: RangeLedger, topic: str
 ):
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER_SCRIPT, fresh_database_url, topic],
+        [sys.executable, "-c", HOLDER_SCRIPT, fresh_database_url, GROUP, topic],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -273,3 +276,52 @@ def test_two_overlapping_ranges_started_at_once_admit_exactly_one(ledger: RangeL
     assert len(outcomes) == 2
     assert len(refused) == 1
     assert len(ledger.failed_or_running(topic, 0)) == 1
+
+
+def test_two_consumer_groups_hold_the_same_partition_at_once(
+    engine: Engine, ledger: RangeLedger, topic: str
+):
+    """Deployments with different groups sharing a database each read every partition."""
+    other = RangeLedger(engine, "xmatch-staging")
+    with ledger.hold_partition(topic, 0, run_id="production-run"):
+        assert not other.is_partition_held(topic, 0)
+        with other.hold_partition(topic, 0, run_id="staging-run") as hold:
+            assert hold.still_held()
+            assert ledger.is_partition_held(topic, 0)
+            same_group = RangeLedger(engine, GROUP)
+            with (
+                pytest.raises(PartitionBusyError, match="production-run"),
+                same_group.hold_partition(topic, 0),
+            ):
+                pass
+
+
+def test_two_consumer_groups_record_overlapping_live_ranges_independently(
+    engine: Engine, ledger: RangeLedger, topic: str
+):
+    other = RangeLedger(engine, "xmatch-staging")
+    ledger.record_started(OffsetRange(topic, 0, 0, 100), "live", "production-run")
+    same_range = other.record_started(OffsetRange(topic, 0, 0, 100), "live", "staging-run")
+    assert (same_range.attempts, same_range.run_id) == (1, "staging-run"), "not a retry"
+    other.record_started(OffsetRange(topic, 0, 100, 150), "live", "staging-run-2")
+
+    ledger.record_failed(OffsetRange(topic, 0, 0, 100), "live", "production-run", "CDS down")
+    assert [(e.offset_range.end, e.status) for e in ledger.failed_or_running(topic, 0)] == [
+        (100, "failed")
+    ]
+    assert [(e.offset_range.end, e.status) for e in other.failed_or_running(topic, 0)] == [
+        (100, "running"),
+        (150, "running"),
+    ]
+    assert ledger.entry(OffsetRange(topic, 0, 100, 150)) is None
+    staging_start = other.entry_starting_at(topic, 0, 0)
+    assert staging_start is not None
+    assert staging_start.run_id == "staging-run"
+    counts = RangeCounts(alerts_in=100, matched=0)
+    with pytest.raises(LedgerOwnershipError, match="belongs to run production-run"):
+        ledger.record_succeeded(OffsetRange(topic, 0, 0, 100), "live", "staging-run", counts)
+
+    with pytest.raises(OverlappingRangeError) as raised:
+        ledger.record_started(OffsetRange(topic, 0, 90, 120), "live", "production-run-2")
+    assert f"{topic}[0]@[0,100) (failed, run production-run)" in str(raised.value)
+    assert "staging-run" not in str(raised.value), "the other group's ranges are not named"

@@ -8,7 +8,9 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine, create_engine, inspect, text
 
-from xmatch_pipeline.store.errors import SchemaError
+from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.store.errors import OverlappingRangeError, SchemaError
+from xmatch_pipeline.store.range_ledger import RangeLedger
 from xmatch_pipeline.store.schema import ensure_schema
 
 EXPECTED_TABLES = {"object", "allwise", "xmatch", "step", "offset_range_ledger"}
@@ -84,3 +86,66 @@ def test_existing_real_columns_are_refused_with_the_fix(empty_engine: Engine):
             text("SELECT table_name FROM information_schema.tables WHERE table_schema = 'legacy'")
         ).scalars()
         assert set(legacy_tables) == {"allwise"}, "the refused call must roll its DDL back"
+
+
+LEDGER_BEFORE_CONSUMER_GROUPS = """
+CREATE TABLE offset_range_ledger (
+    topic text NOT NULL, partition integer NOT NULL,
+    start_offset bigint NOT NULL, end_offset bigint NOT NULL, mode text NOT NULL,
+    status text NOT NULL, attempts integer NOT NULL DEFAULT 0, run_id text, error text,
+    started_at timestamptz, finished_at timestamptz,
+    alerts_in integer, matched integer, dead_lettered integer,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (topic, partition, start_offset, end_offset, mode),
+    CONSTRAINT offset_range_ledger_live_ranges_disjoint EXCLUDE USING gist
+        (topic WITH =, partition WITH =, int8range(start_offset, end_offset) WITH &&)
+        WHERE (mode = 'live')
+)
+"""
+
+
+def test_a_ledger_without_consumer_group_is_refused_with_a_migration_that_works(
+    empty_engine: Engine,
+):
+    """Its rows' group is unknown to the pipeline, so the operator migrates it as told."""
+    with empty_engine.begin() as connection:
+        connection.execute(text("CREATE EXTENSION IF NOT EXISTS btree_gist"))
+        connection.execute(text("CREATE SCHEMA before_groups"))
+        connection.execute(text("SET LOCAL search_path = before_groups, public"))
+        connection.execute(text(LEDGER_BEFORE_CONSUMER_GROUPS))
+        connection.execute(
+            text(
+                "INSERT INTO offset_range_ledger (topic, partition, start_offset, end_offset, "
+                "mode, status, run_id) VALUES ('ztf', 0, 0, 10, 'live', 'failed', 'old-run')"
+            )
+        )
+    legacy = create_engine(
+        empty_engine.url, connect_args={"options": "-c search_path=before_groups,public"}
+    )
+    try:
+        with pytest.raises(
+            SchemaError, match="offset_range_ledger has no consumer_group"
+        ) as raised:
+            ensure_schema(legacy)
+        message = str(raised.value)
+        assert "ALTER TABLE offset_range_ledger ADD COLUMN consumer_group text" in message
+        migration = message.split("migrate it in one transaction: ")[1]
+        migration = migration.split(" (or drop", maxsplit=1)[0]
+        placeholder = "'<CONSUMER_GROUP_ID of the deployment that wrote it>'"
+        with legacy.begin() as connection:
+            for statement in migration.replace(placeholder, "'xmatch'").split("; "):
+                connection.execute(text(statement))
+        ensure_schema(legacy)
+
+        old_range = OffsetRange("ztf", 0, 0, 10)
+        retry = RangeLedger(legacy, "xmatch").record_started(old_range, "live", "new-run")
+        assert (retry.attempts, retry.run_id) == (1, "new-run")
+        with pytest.raises(OverlappingRangeError):
+            RangeLedger(legacy, "xmatch").record_started(
+                OffsetRange("ztf", 0, 5, 15), "live", "overlapping-run"
+            )
+        RangeLedger(legacy, "xmatch-staging").record_started(
+            OffsetRange("ztf", 0, 5, 15), "live", "other-group-run"
+        )
+    finally:
+        legacy.dispose()

@@ -1,5 +1,8 @@
 """The race guard: one live run per partition, and a ledger of the offset ranges runs work on.
 
+Both are per consumer group: deployments with different groups may share one database
+and each reads every partition on its own, so neither sees the other's locks or entries.
+
 Two mechanisms, because each covers what the other cannot:
 
 * :meth:`RangeLedger.hold_partition` takes a session-level advisory lock on a dedicated
@@ -16,6 +19,7 @@ belongs to a run that died; retrying it is safe.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -99,15 +103,26 @@ class PartitionHold:
         return bool(held)
 
 
-def partition_lock_key(topic: str, partition: int) -> int:
-    return advisory_key(f"xmatch_pipeline.partition:{topic}:{partition}")
+def partition_lock_key(consumer_group: str, topic: str, partition: int) -> int:
+    return _partition_scoped_key("partition", consumer_group, topic, partition)
+
+
+def _partition_scoped_key(purpose: str, consumer_group: str, topic: str, partition: int) -> int:
+    # JSON keeps the name unambiguous when a group or topic contains a separator.
+    return advisory_key(
+        f"xmatch_pipeline.{purpose}:" + json.dumps([consumer_group, topic, partition])
+    )
 
 
 class RangeLedger:
-    """The guard and ledger over one database (advisory locks are per database)."""
+    """The guard and ledger of one consumer group over one database (advisory locks are per
+    database)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, consumer_group: str) -> None:
+        if not consumer_group:
+            raise ValueError("the range ledger needs a consumer group id, got an empty one")
         self._engine = engine
+        self.consumer_group = consumer_group
 
     @contextmanager
     def hold_partition(
@@ -119,7 +134,7 @@ class RangeLedger:
         run's lifetime). ``run_id`` is shown as the session's application name so that a
         refused run can say who holds the partition.
         """
-        key = partition_lock_key(topic, partition)
+        key = self._lock_key(topic, partition)
         connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
             if run_id is not None:
@@ -141,7 +156,7 @@ class RangeLedger:
 
     def is_partition_held(self, topic: str, partition: int) -> bool:
         """Whether some live session holds the partition (a run is really running)."""
-        return self._lock_holder(partition_lock_key(topic, partition)) is not None
+        return self._lock_holder(self._lock_key(topic, partition)) is not None
 
     def record_started(
         self, offset_range: OffsetRange, mode: LedgerMode, run_id: str
@@ -154,7 +169,7 @@ class RangeLedger:
         _check_mode(mode)
         now = func.clock_timestamp()
         new_entry = insert(ledger).values(
-            **_key_values(offset_range, mode),
+            **self._key_values(offset_range, mode),
             status="running",
             attempts=1,
             run_id=run_id,
@@ -163,6 +178,7 @@ class RangeLedger:
         )
         statement = new_entry.on_conflict_do_update(
             index_elements=[
+                ledger.c.consumer_group,
                 ledger.c.topic,
                 ledger.c.partition,
                 ledger.c.start_offset,
@@ -183,6 +199,12 @@ class RangeLedger:
         ).returning(*ledger.c)
         try:
             with self._engine.begin() as connection:
+                # Two speculative inserts checked by one exclusion constraint can deadlock
+                # each other; queueing the partition's starts makes the loser see the
+                # overlap instead.
+                connection.execute(
+                    select(func.pg_advisory_xact_lock(self._start_queue_key(offset_range)))
+                )
                 row = connection.execute(statement).one()
         except IntegrityError as error:
             if _is_live_overlap(error):
@@ -245,7 +267,9 @@ class RangeLedger:
         """The ledger entry of exactly this range, if any."""
         _check_mode(mode)
         with self._engine.connect() as connection:
-            row = connection.execute(select(ledger).where(_key_matches(offset_range, mode))).first()
+            row = connection.execute(
+                select(ledger).where(self._key_matches(offset_range, mode))
+            ).first()
         return None if row is None else _entry(row)
 
     def entry_starting_at(
@@ -257,10 +281,8 @@ class RangeLedger:
             row = connection.execute(
                 select(ledger)
                 .where(
-                    ledger.c.topic == topic,
-                    ledger.c.partition == partition,
+                    *self._partition_matches(topic, partition, mode),
                     ledger.c.start_offset == start,
-                    ledger.c.mode == mode,
                 )
                 .order_by(ledger.c.updated_at.desc())
                 .limit(1)
@@ -276,9 +298,7 @@ class RangeLedger:
             rows = connection.execute(
                 select(ledger)
                 .where(
-                    ledger.c.topic == topic,
-                    ledger.c.partition == partition,
-                    ledger.c.mode == mode,
+                    *self._partition_matches(topic, partition, mode),
                     ledger.c.status.in_(("failed", "running")),
                 )
                 .order_by(ledger.c.start_offset, ledger.c.end_offset)
@@ -296,7 +316,7 @@ class RangeLedger:
         _check_mode(mode)
         result = connection.execute(
             update(ledger)
-            .where(_key_matches(offset_range, mode), ledger.c.run_id == run_id)
+            .where(self._key_matches(offset_range, mode), ledger.c.run_id == run_id)
             .values(**values)
         )
         return result.rowcount == 1
@@ -319,9 +339,7 @@ class RangeLedger:
             rows = connection.execute(
                 select(ledger)
                 .where(
-                    ledger.c.topic == offset_range.topic,
-                    ledger.c.partition == offset_range.partition,
-                    ledger.c.mode == "live",
+                    *self._partition_matches(offset_range.topic, offset_range.partition, "live"),
                     func.int8range(ledger.c.start_offset, ledger.c.end_offset).op("&&")(
                         func.int8range(offset_range.start, offset_range.end)
                     ),
@@ -332,6 +350,41 @@ class RangeLedger:
             f"{entry.offset_range} ({entry.status}, run {entry.run_id})"
             for entry in map(_entry, rows)
         ]
+
+    def _lock_key(self, topic: str, partition: int) -> int:
+        return partition_lock_key(self.consumer_group, topic, partition)
+
+    def _start_queue_key(self, offset_range: OffsetRange) -> int:
+        return _partition_scoped_key(
+            "ledger_start", self.consumer_group, offset_range.topic, offset_range.partition
+        )
+
+    def _partition_matches(self, topic: str, partition: int, mode: LedgerMode) -> list[Any]:
+        """This group's entries of one partition and mode: every query filters by them."""
+        return [
+            ledger.c.consumer_group == self.consumer_group,
+            ledger.c.topic == topic,
+            ledger.c.partition == partition,
+            ledger.c.mode == mode,
+        ]
+
+    def _key_values(self, offset_range: OffsetRange, mode: LedgerMode) -> dict[str, Any]:
+        return {
+            "consumer_group": self.consumer_group,
+            "topic": offset_range.topic,
+            "partition": offset_range.partition,
+            "start_offset": offset_range.start,
+            "end_offset": offset_range.end,
+            "mode": mode,
+        }
+
+    def _key_matches(self, offset_range: OffsetRange, mode: LedgerMode) -> Any:
+        return and_(
+            *(
+                ledger.c[name] == value
+                for name, value in self._key_values(offset_range, mode).items()
+            )
+        )
 
     def _lock_holder(self, key: int) -> Row[Any] | None:
         classid, objid = split_key(key)
@@ -353,7 +406,7 @@ class RangeLedger:
         """Who holds the partition: the session's run name and the ledger's running entry."""
         parts: list[str] = []
         try:
-            holder = self._lock_holder(partition_lock_key(topic, partition))
+            holder = self._lock_holder(self._lock_key(topic, partition))
             if holder is not None:
                 name = holder.application_name or "an unnamed session"
                 parts.append(f"{name} (server pid {holder.pid}, client {holder.client_addr})")
@@ -389,22 +442,6 @@ def _application_name(run_id: str) -> str:
 def _check_mode(mode: str) -> None:
     if mode not in LEDGER_MODES:
         raise ValueError(f"ledger mode must be one of {LEDGER_MODES}, got {mode!r}")
-
-
-def _key_values(offset_range: OffsetRange, mode: LedgerMode) -> dict[str, Any]:
-    return {
-        "topic": offset_range.topic,
-        "partition": offset_range.partition,
-        "start_offset": offset_range.start,
-        "end_offset": offset_range.end,
-        "mode": mode,
-    }
-
-
-def _key_matches(offset_range: OffsetRange, mode: LedgerMode) -> Any:
-    return and_(
-        *(ledger.c[name] == value for name, value in _key_values(offset_range, mode).items())
-    )
 
 
 def _is_live_overlap(error: IntegrityError) -> bool:

@@ -10,11 +10,19 @@ from __future__ import annotations
 from typing import Final
 
 from sqlalchemy import Connection, Engine, func, select, text
+from sqlalchemy.dialects.postgresql import ExcludeConstraint
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.schema import AddConstraint
 
 from xmatch_pipeline.store.advisory_keys import advisory_key
 from xmatch_pipeline.store.errors import SchemaError
-from xmatch_pipeline.store.tables import allwise_table, metadata, xmatch_table
+from xmatch_pipeline.store.tables import (
+    LEDGER_LIVE_OVERLAP_CONSTRAINT,
+    allwise_table,
+    metadata,
+    offset_range_ledger_table,
+    xmatch_table,
+)
 
 SCHEMA_LOCK_KEY: Final = advisory_key("xmatch_pipeline.store.schema")
 REQUIRED_EXTENSION: Final = "btree_gist"
@@ -28,6 +36,7 @@ def ensure_schema(engine: Engine) -> None:
         _ensure_extension(connection)
         metadata.create_all(connection, checkfirst=True)
         _refuse_single_precision(connection)
+        _refuse_ledger_without_consumer_group(connection)
 
 
 def _ensure_extension(connection: Connection) -> None:
@@ -86,6 +95,46 @@ def _refuse_single_precision(connection: Connection) -> None:
             f"existing columns {columns} are REAL (32-bit) and would round catalog values; "
             f"convert them first: {fixes}"
         )
+
+
+def _refuse_ledger_without_consumer_group(connection: Connection) -> None:
+    """A ledger from before it was per consumer group is not migrated automatically: only the
+    operator knows which group its rows belong to (with several groups, their rows are mixed)."""
+    ledger = offset_range_ledger_table
+    has_group = connection.execute(
+        text(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = :table AND column_name = 'consumer_group'"
+        ),
+        {"table": ledger.name},
+    ).first()
+    if has_group:
+        return
+    key_columns = ", ".join(ledger.primary_key.columns.keys())
+    overlap = next(
+        constraint
+        for constraint in ledger.constraints
+        if isinstance(constraint, ExcludeConstraint)
+        and constraint.name == LEDGER_LIVE_OVERLAP_CONSTRAINT
+    )
+    statements = [
+        f"ALTER TABLE {ledger.name} ADD COLUMN consumer_group text",
+        f"UPDATE {ledger.name} SET consumer_group = '<CONSUMER_GROUP_ID of the deployment "
+        "that wrote it>'",
+        f"ALTER TABLE {ledger.name} ALTER COLUMN consumer_group SET NOT NULL",
+        f"ALTER TABLE {ledger.name} DROP CONSTRAINT {ledger.name}_pkey",
+        f"ALTER TABLE {ledger.name} ADD PRIMARY KEY ({key_columns})",
+        f"ALTER TABLE {ledger.name} DROP CONSTRAINT {LEDGER_LIVE_OVERLAP_CONSTRAINT}",
+        # Not isolated from the table: that would drop it from every later CREATE TABLE.
+        str(AddConstraint(overlap, isolate_from_table=False).compile(bind=connection)).strip(),
+    ]
+    raise SchemaError(
+        f"table {ledger.name} has no consumer_group column (it predates per-group ledgers, "
+        "so deployments with different CONSUMER_GROUP_IDs sharing this database would see "
+        "each other's ranges); with no run in progress, migrate it in one transaction: "
+        + "; ".join(statements)
+        + " (or drop the table if its failed ranges need no retry)"
+    )
 
 
 def _server_description(connection: Connection) -> str:

@@ -93,6 +93,8 @@ LEDGER_LIVE_OVERLAP_CONSTRAINT: Final = "offset_range_ledger_live_ranges_disjoin
 offset_range_ledger_table = Table(
     "offset_range_ledger",
     metadata,
+    # Several deployments (consumer groups) may share one database; each has its own ledger.
+    Column("consumer_group", Text, nullable=False),
     Column("topic", Text, nullable=False),
     Column("partition", Integer, nullable=False),
     Column("start_offset", BigInteger, nullable=False),
@@ -110,14 +112,17 @@ offset_range_ledger_table = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     # The key the upsert of a retry lands on: a retry is the same range, so it updates
     # the same row (attempts + 1) instead of tripping the exclusion constraint below.
-    PrimaryKeyConstraint("topic", "partition", "start_offset", "end_offset", "mode"),
+    PrimaryKeyConstraint(
+        "consumer_group", "topic", "partition", "start_offset", "end_offset", "mode"
+    ),
     CheckConstraint("0 <= start_offset AND start_offset < end_offset", name="ledger_range_valid"),
     CheckConstraint(f"mode IN {LEDGER_MODES!r}", name="ledger_mode_known"),
     CheckConstraint(f"status IN {LEDGER_STATUSES!r}", name="ledger_status_known"),
-    # Two different live ranges of one partition must never overlap: live runs commit the
-    # consumer group's offsets, so an overlap means two runs claim the same alerts.
-    # Backfills are explicit re-runs and may overlap anything.
+    # Two different live ranges of one partition must never overlap within a consumer group:
+    # live runs commit the group's offsets, so an overlap means two runs claim the same alerts.
+    # Another group reads the partition independently. Backfills may overlap anything.
     ExcludeConstraint(
+        (Column("consumer_group"), "="),
         (Column("topic"), "="),
         (Column("partition"), "="),
         (func.int8range(Column("start_offset"), Column("end_offset")), "&&"),
