@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from xmatch_pipeline.devstack import DevstackSettings, ensure_devstack_running
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from xmatch_pipeline.cds_server import CdsXmatchServer
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,57 +58,63 @@ def database_url(devstack: DevstackSettings) -> str:
     return devstack.database_url
 
 
-def _wait_until_visible(admin: Any, topic: str, partitions: int) -> None:
-    """A created topic reaches the broker's metadata a moment later; tests need it there."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        metadata = admin.list_topics(timeout=5).topics.get(topic)
-        if (
-            metadata is not None
-            and metadata.error is None
-            and len(metadata.partitions) == partitions
-            and all(p.leader >= 0 for p in metadata.partitions.values())
-        ):
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"topic {topic} did not appear in the broker's metadata within 30 s")
-
-
 @pytest.fixture
 def new_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
     """Create topics with unique names so tests never see each other's messages."""
-    from confluent_kafka.admin import AdminClient
-    from confluent_kafka.cimpl import NewTopic
+    from xmatch_pipeline_tests.pipeline_fixtures import create_topic, delete_topics
 
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     created: list[str] = []
 
     def create(prefix: str = "test", partitions: int = 1) -> str:
-        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-        futures = admin.create_topics([NewTopic(name, partitions, 1)], operation_timeout=30)
-        futures[name].result(timeout=30)
-        created.append(name)
-        _wait_until_visible(admin, name, partitions)
-        return name
+        created.append(create_topic(kafka_bootstrap, prefix, partitions))
+        return created[-1]
 
     yield create
-    if created:
-        admin.delete_topics(created, operation_timeout=30)
+    delete_topics(kafka_bootstrap, created)
 
 
 @pytest.fixture(scope="module")
 def fresh_database_url(database_url: str) -> Iterator[str]:
     """A new, empty database on the devstack server for one test module, dropped afterwards."""
-    from sqlalchemy import create_engine, make_url, text
-    from sqlalchemy.pool import NullPool
+    from xmatch_pipeline_tests.pipeline_fixtures import fresh_database
 
-    name = f"xmatch_test_{uuid.uuid4().hex[:16]}"
-    server = create_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with server.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with server.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        server.dispose()
+    with fresh_database(database_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def schema_engine(fresh_database_url: str) -> Iterator[Engine]:
+    """An engine on the module's fresh database, with the pipeline's schema created."""
+    from sqlalchemy import create_engine
+
+    from xmatch_pipeline.store.schema import ensure_schema
+
+    engine = create_engine(fresh_database_url)
+    ensure_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def allwise_index(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local index named ``allwise`` of the 5,440 real ALLWISE rows CDS returned."""
+    from xmatch_pipeline_tests.pipeline_fixtures import build_allwise_index
+
+    return build_allwise_index(shared_data_dir, tmp_path_factory.mktemp("allwise"))
+
+
+@pytest.fixture(scope="module")
+def running_cds_server(allwise_index: Path) -> Iterator[CdsXmatchServer]:
+    """The local ``cds-server`` serving ``allwise_index``, for one test module."""
+    from xmatch_pipeline.cds_server import CdsXmatchServer, ServedCatalogs
+
+    with CdsXmatchServer(ServedCatalogs({"allwise": allwise_index})) as server:
+        yield server
+
+
+@pytest.fixture
+def cds_server(running_cds_server: CdsXmatchServer) -> CdsXmatchServer:
+    """The module's ``cds-server`` with no faults and an empty request log."""
+    running_cds_server.set_faults([])
+    running_cds_server.clear_requests()
+    return running_cds_server

@@ -10,27 +10,28 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-from sqlalchemy import create_engine, make_url, text
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, Producer, TopicPartition
+from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from xmatch_pipeline.alert_tools.synthetic import SyntheticAlertFactory, read_positions_csv
 from xmatch_pipeline.decode import encode_alert
 from xmatch_pipeline.decode.avro_codec import decode_alert
-from xmatch_pipeline.kafka_config import KafkaClientConfig
 from xmatch_pipeline.match.allwise import DATABASE_COLUMNS
-from xmatch_pipeline.match.catalog_build import build_catalog_index
 from xmatch_pipeline.offset_range import OffsetRange
-from xmatch_pipeline.read.kafka_offsets import KafkaOffsetsReader
+from xmatch_pipeline_tests.pipeline_fixtures import (
+    REQUEST_FILE,
+    RESPONSE_FILE,
+    allwise_data,
+    high_watermarks,
+    verifying_consumer,
+)
 
 CHUNK_MESSAGES = 40
 """Small chunks, so that a range of a few hundred alerts passes every stage several times."""
@@ -64,39 +65,11 @@ class DatabaseSnapshot:
     allwise: Mapping[str, Mapping[str, float | None]]
 
 
-def build_allwise_index(shared_data_dir: Path, directory: Path) -> Path:
-    """The 5,440 real ALLWISE sources CDS returned, as a local index named ``allwise``."""
-    build_catalog_index(
-        [shared_data_dir / "allwise" / "cds_response_allwise_best_1arcsec.csv"],
-        directory,
-        id_column="AllWISE",
-        ra_column="RAJ2000",
-        dec_column="DEJ2000",
-        name="allwise",
-    )
-    return directory
-
-
-def create_topic(bootstrap: str, prefix: str) -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(name, 1, 1)], operation_timeout=30)[name].result(timeout=30)
-    return name
-
-
-def delete_topics(bootstrap: str, topics: Sequence[str]) -> None:
-    if topics:
-        AdminClient({"bootstrap.servers": bootstrap}).delete_topics(
-            list(topics), operation_timeout=30
-        )
-
-
 def write_input_stream(
     bootstrap: str, topic: str, shared_data_dir: Path, count: int, seed: int
 ) -> InputStream:
     """Produce ``count`` synthetic alerts on the real request positions to ``topic``[0]."""
-    allwise_dir = shared_data_dir / "allwise"
-    positions = read_positions_csv(allwise_dir / "cds_request_positions.csv")
+    positions = read_positions_csv(allwise_data(shared_data_dir) / REQUEST_FILE)
     factory = SyntheticAlertFactory(seed, positions[:count])
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
     failures: list[str] = []
@@ -118,7 +91,7 @@ def write_input_stream(
     assert remaining == 0, f"{remaining} input alerts not delivered to {topic}"
     assert not failures, f"input alerts not delivered to {topic}: {failures[:3]}"
     answer = pd.read_csv(
-        allwise_dir / "cds_response_allwise_best_1arcsec.csv",
+        allwise_data(shared_data_dir) / RESPONSE_FILE,
         dtype={"id_in": str, "AllWISE": str},
         keep_default_na=False,
         na_values=[""],
@@ -150,64 +123,14 @@ def _none_for_nan(value: Any) -> float | None:
     return float(value)
 
 
-def pipeline_environment(
-    *,
-    bootstrap: str,
-    database_url: str,
-    input_topic: str,
-    output_topic: str,
-    group_id: str,
-    index_dir: Path,
-) -> dict[str, str]:
-    """The settings of a run as the deployment would set them (the original's names)."""
-    url = make_url(database_url)
-    return {
-        "CONSUMER_SERVER": bootstrap,
-        "CONSUMER_TOPICS": input_topic,
-        "CONSUMER_GROUP_ID": group_id,
-        "PRODUCER_TOPIC": output_topic,
-        "DB_HOST": str(url.host),
-        "DB_PORT": str(url.port),
-        "DB_USER": str(url.username),
-        "DB_PASSWORD": str(url.password),
-        "DB_NAME": str(url.database),
-        "XMATCH_ENGINE": "local",
-        "XMATCH_LOCAL_CATALOGS": f"allwise={index_dir}",
-        "XMATCH_CHUNK_MESSAGES": str(CHUNK_MESSAGES),
-    }
-
-
-@contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    """A new empty database on the server of ``server_url``, dropped afterwards."""
-    name = f"xmatch_failure_{uuid.uuid4().hex[:16]}"
-    server = create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with server.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with server.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        server.dispose()
-
-
 def read_candids(bootstrap: str, topic: str, isolation: str = "read_committed") -> list[int]:
     """The candid of every message of ``topic``[0] visible under ``isolation``, in order.
 
     Reads to the end: until the position passes the log end (read_uncommitted's high
     watermark), which under read_committed also waits for open transactions to settle.
     """
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"failure-test-reader-{uuid.uuid4().hex[:8]}",
-            "isolation.level": isolation,
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    log_end = _log_end(bootstrap, topic)
+    consumer = verifying_consumer(bootstrap, isolation)
+    log_end = high_watermarks(bootstrap, topic, "read_uncommitted")[0]
     candids: list[int] = []
     try:
         consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
@@ -235,14 +158,7 @@ def read_candids(bootstrap: str, topic: str, isolation: str = "read_committed") 
 
 def visible_now(bootstrap: str, topic: str, seconds: float = 2.0) -> list[int]:
     """What a ``read_committed`` reader sees within ``seconds``, without waiting for the end."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"failure-test-reader-{uuid.uuid4().hex[:8]}",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-        }
-    )
+    consumer = verifying_consumer(bootstrap)
     candids: list[int] = []
     try:
         consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
@@ -255,23 +171,6 @@ def visible_now(bootstrap: str, topic: str, seconds: float = 2.0) -> list[int]:
     finally:
         consumer.close()
     return candids
-
-
-def _log_end(bootstrap: str, topic: str) -> int:
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "failure-test-watermarks",
-         "isolation.level": "read_uncommitted"}
-    )  # fmt: skip
-    try:
-        _low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-        return int(high)
-    finally:
-        consumer.close()
-
-
-def committed_offset(bootstrap: str, group_id: str, topic: str) -> int | None:
-    reader = KafkaOffsetsReader(KafkaClientConfig(bootstrap), group_id, timeout_seconds=10)
-    return reader.committed_offsets([(topic, 0)])[(topic, 0)]
 
 
 def database_snapshot(database_url: str) -> DatabaseSnapshot:

@@ -12,7 +12,7 @@ import csv
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from dagster import (
     DagsterInstance,
     ExecuteInProcessResult,
@@ -32,11 +33,13 @@ from dagster import (
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
+from xmatch_pipeline.kafka_config import KafkaClientConfig
 from xmatch_pipeline.match.allwise import CDS_COLUMNS
 from xmatch_pipeline.match.catalog_build import build_catalog_index
 from xmatch_pipeline.orchestration.jobs import xmatch_microbatch
 from xmatch_pipeline.orchestration.resources import XmatchResource
 from xmatch_pipeline.orchestration.sensors import build_kafka_lag_sensor
+from xmatch_pipeline.publish.kafka_transaction import TransactionalPublisher
 
 RUN_KEY_TAG = "dagster/run_key"
 #: As the code location binds them (definitions.py): reports stay in memory between ops.
@@ -92,7 +95,9 @@ SETTING_NAMES = (
     "XMATCH_MATCH_CACHE",
 )
 
-ALLWISE_RESPONSE = Path("allwise") / "cds_response_allwise_best_1arcsec.csv"
+RESPONSE_FILE = "cds_response_allwise_best_1arcsec.csv"
+REQUEST_FILE = "cds_request_positions.csv"
+KAFKA_WAIT_SECONDS = 20.0
 
 
 def database_environment(database_url: str) -> dict[str, str]:
@@ -150,27 +155,37 @@ def unique_group(prefix: str = "xmatch-test") -> str:
 # --- catalogs -------------------------------------------------------------------------
 
 
+def allwise_data(shared_data_dir: Path) -> Path:
+    """The real CDS exchange: the request positions and the ALLWISE rows CDS returned."""
+    return shared_data_dir / "allwise"
+
+
 def allwise_rows(shared_data_dir: Path) -> list[dict[str, str]]:
-    """The real ALLWISE rows CDS returned (CDS columns only, each source once, text as is)."""
+    """The real ALLWISE rows CDS returned (CDS columns only, in CDS's order, each source once,
+    text as is)."""
     rows: list[dict[str, str]] = []
     seen: set[str] = set()
-    with (shared_data_dir / ALLWISE_RESPONSE).open(newline="") as source:
-        for row in csv.DictReader(source):
+    with (allwise_data(shared_data_dir) / RESPONSE_FILE).open(newline="") as source:
+        reader = csv.DictReader(source)
+        columns = [column for column in reader.fieldnames or () if column in CDS_COLUMNS]
+        for row in reader:
             if row["AllWISE"] not in seen:
                 seen.add(row["AllWISE"])
-                rows.append({column: row[column] for column in CDS_COLUMNS})
+                rows.append({column: row[column] for column in columns})
     return rows
 
 
-def build_allwise_catalog(rows: Iterable[Mapping[str, str]], work_dir: Path) -> Path:
-    """An index named ``allwise`` over ``rows`` (CDS column names, empty text = null)."""
+def build_allwise_catalog(rows: Sequence[Mapping[str, str]], work_dir: Path) -> Path:
+    """An index named ``allwise`` over ``rows`` (CDS column names, empty text = null), its
+    columns in the first row's order."""
     work_dir.mkdir(parents=True, exist_ok=True)
+    columns = list(rows[0]) if rows else list(CDS_COLUMNS)
     catalog_csv = work_dir / "allwise_rows.csv"
     with catalog_csv.open("w", newline="") as target:
         writer = csv.writer(target, lineterminator="\n")
-        writer.writerow(CDS_COLUMNS)
+        writer.writerow(columns)
         for row in rows:
-            writer.writerow([row.get(column, "") for column in CDS_COLUMNS])
+            writer.writerow([row.get(column, "") for column in columns])
     index_dir = work_dir / "allwise_index"
     build_catalog_index(
         [catalog_csv],
@@ -181,6 +196,12 @@ def build_allwise_catalog(rows: Iterable[Mapping[str, str]], work_dir: Path) -> 
         name="allwise",
     )
     return index_dir
+
+
+def build_allwise_index(shared_data_dir: Path, work_dir: Path) -> Path:
+    """The local index of the 5,440 real ALLWISE rows CDS returned (conftest's
+    ``allwise_index`` builds it once per session)."""
+    return build_allwise_catalog(allwise_rows(shared_data_dir), work_dir)
 
 
 @dataclass(frozen=True)
@@ -226,6 +247,47 @@ def small_stream(shared_data_dir: Path, work_dir: Path, count: int = 60) -> Smal
 # --- Kafka ----------------------------------------------------------------------------
 
 
+def create_topics(bootstrap: str, names: Sequence[str], partitions: int = 1) -> None:
+    """Create ``names`` and wait until the broker's metadata shows them with leaders (a topic
+    reaches the metadata a moment after it is created)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics(
+        [NewTopic(name, partitions, 1) for name in names], operation_timeout=30
+    )
+    for future in futures.values():
+        future.result(timeout=30)
+    deadline = time.monotonic() + 30
+    for name in names:
+        while not _has_leaders(admin, name, partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {name} did not appear in the broker's metadata")
+            time.sleep(0.1)
+
+
+def _has_leaders(admin: Any, topic: str, partitions: int) -> bool:
+    metadata = admin.list_topics(timeout=5).topics.get(topic)
+    return (
+        metadata is not None
+        and metadata.error is None
+        and len(metadata.partitions) == partitions
+        and all(p.leader >= 0 for p in metadata.partitions.values())
+    )
+
+
+def create_topic(bootstrap: str, prefix: str = "test", partitions: int = 1) -> str:
+    """A new topic with a unique name, so that tests never see each other's messages."""
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    create_topics(bootstrap, [name], partitions)
+    return name
+
+
+def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
+    if names:
+        AdminClient({"bootstrap.servers": bootstrap}).delete_topics(
+            list(names), operation_timeout=30
+        )
+
+
 def produce_values(
     bootstrap: str,
     topic: str,
@@ -247,6 +309,31 @@ def produce_values(
     assert not failures, failures
 
 
+def write_transactions(bootstrap: str, topic: str, batches: list[tuple[int, bool]]) -> None:
+    """Write each batch (size, commit?) to ``topic``[0] in its own transaction; values
+    number the messages (``m0``, key ``k0``, ...).
+
+    Returns once the last stable offset covers every batch: the coordinator writes the
+    commit markers just after ``commit_transaction`` returns.
+    """
+    number = 0
+    with TransactionalPublisher(
+        KafkaClientConfig(bootstrap), f"test-writer-{uuid.uuid4().hex}"
+    ) as publisher:
+        publisher.init()
+        for size, commit in batches:
+            publisher.begin()
+            for _ in range(size):
+                publisher.produce(topic, value=f"m{number}".encode(), key=f"k{number}")
+                number += 1
+            if commit:
+                publisher.commit()
+            else:
+                publisher.flush()  # on the broker, so the abort leaves them in the log
+                publisher.abort()
+    wait_for_stable_end(bootstrap, topic, sum(size + 1 for size, _ in batches))
+
+
 @dataclass(frozen=True)
 class ReceivedMessage:
     partition: int
@@ -256,26 +343,49 @@ class ReceivedMessage:
     headers: dict[str, bytes]
 
 
-def _admin_partitions(consumer: Consumer, topic: str) -> list[int]:
-    metadata = consumer.list_topics(topic, timeout=10)
-    return sorted(metadata.topics[topic].partitions)
-
-
-def read_committed(
-    bootstrap: str, topic: str, timeout_seconds: float = 20.0
-) -> list[ReceivedMessage]:
-    """Everything a ``read_committed`` consumer sees on every partition of ``topic``."""
-    consumer = Consumer(
+def verifying_consumer(
+    bootstrap: str, isolation: str = "read_committed", *, group_id: str | None = None
+) -> Consumer:
+    """A consumer that only verifies: its own group, no commits, end-of-partition events."""
+    return Consumer(
         {
             "bootstrap.servers": bootstrap,
-            "group.id": f"test-verify-{uuid.uuid4().hex[:8]}",
-            "isolation.level": "read_committed",
+            "group.id": group_id or unique_group("test-verify"),
+            "isolation.level": isolation,
             "enable.partition.eof": True,
             "enable.auto.commit": False,
         }
     )
+
+
+def _partitions(consumer: Consumer, topic: str) -> list[int]:
+    metadata = consumer.list_topics(topic, timeout=10)
+    return sorted(metadata.topics[topic].partitions)
+
+
+def wait_for_stable_end(bootstrap: str, topic: str, end: int, partition: int = 0) -> None:
+    """Until the last stable offset of ``topic``[partition] reaches ``end``: the coordinator
+    writes commit markers just after ``commit_transaction`` returns."""
+    deadline = time.monotonic() + KAFKA_WAIT_SECONDS
+    while high_watermarks(bootstrap, topic)[partition] < end:
+        assert time.monotonic() < deadline, f"{topic}[{partition}]: committed end never reached"
+        time.sleep(0.05)
+
+
+def read_committed(
+    bootstrap: str,
+    topic: str,
+    expected_end: int | None = None,
+    *,
+    timeout_seconds: float = KAFKA_WAIT_SECONDS,
+) -> list[ReceivedMessage]:
+    """Everything a ``read_committed`` consumer sees on every partition of ``topic``; with
+    ``expected_end``, once partition 0's log reaches it (markers land just after a commit)."""
+    if expected_end is not None:
+        wait_for_stable_end(bootstrap, topic, expected_end)
+    consumer = verifying_consumer(bootstrap)
     try:
-        partitions = _admin_partitions(consumer, topic)
+        partitions = _partitions(consumer, topic)
         consumer.assign([TopicPartition(topic, partition, 0) for partition in partitions])
         pending = set(partitions)
         received: list[ReceivedMessage] = []
@@ -311,7 +421,7 @@ def group_offsets(bootstrap: str, group_id: str, topic: str) -> dict[int, int | 
     """The group's committed next offset per partition (None: nothing committed)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id})
     try:
-        partitions = _admin_partitions(consumer, topic)
+        partitions = _partitions(consumer, topic)
         committed = consumer.committed(
             [TopicPartition(topic, partition) for partition in partitions], timeout=10
         )
@@ -320,14 +430,18 @@ def group_offsets(bootstrap: str, group_id: str, topic: str) -> dict[int, int | 
         consumer.close()
 
 
-def high_watermarks(bootstrap: str, topic: str) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_group("hw")})
+def high_watermarks(
+    bootstrap: str, topic: str, isolation: str = "read_committed"
+) -> dict[int, int]:
+    """The end of each partition as ``isolation`` sees it: read_committed the last stable
+    offset, read_uncommitted the log end (open transactions included)."""
+    consumer = verifying_consumer(bootstrap, isolation)
     try:
         return {
             partition: consumer.get_watermark_offsets(
                 TopicPartition(topic, partition), timeout=10, cached=False
             )[1]
-            for partition in _admin_partitions(consumer, topic)
+            for partition in _partitions(consumer, topic)
         }
     finally:
         consumer.close()
@@ -404,15 +518,15 @@ def drive_sensor_and_jobs(
 
 
 @contextmanager
-def fresh_database(database_url: str) -> Iterator[str]:
-    """A new, empty database on the devstack server (as conftest's module-scoped
-    ``fresh_database_url``), for a test that needs one of its own."""
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on the server of ``server_url``, dropped afterwards (conftest's
+    module-scoped ``fresh_database_url`` is one; a test may need one of its own)."""
     name = f"xmatch_test_{uuid.uuid4().hex[:16]}"
-    server = create_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    server = create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with server.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     try:
-        yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
     finally:
         with server.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

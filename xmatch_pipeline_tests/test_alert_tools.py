@@ -5,15 +5,12 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
-import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import fastavro
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from fastavro.validation import validate
 from typer.testing import CliRunner
 
@@ -26,35 +23,9 @@ from xmatch_pipeline.alert_tools.synthetic import (
 )
 from xmatch_pipeline.cli.alerts import app
 from xmatch_pipeline.decode import decode_alert, ztf_alert_schema
+from xmatch_pipeline_tests.pipeline_fixtures import read_committed
 
 runner = CliRunner()
-
-
-def _consume_all(bootstrap: str, topic: str, expected: int) -> list[tuple[bytes, bytes]]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    messages: list[tuple[bytes, bytes]] = []
-    deadline = time.monotonic() + 30
-    try:
-        while len(messages) < expected and time.monotonic() < deadline:
-            message = consumer.poll(1.0)
-            if message is None or message.error():
-                continue
-            messages.append((message.key() or b"", message.value() or b""))
-        # anything beyond what we expect would be a duplicate: give it a moment to show
-        extra = consumer.poll(1.0)
-        if extra is not None and not extra.error():
-            messages.append((extra.key() or b"", extra.value() or b""))
-    finally:
-        consumer.close()
-    return messages
 
 
 def test_inspect_gives_exact_ids_and_positions(
@@ -98,7 +69,9 @@ def test_replay_produces_the_files_bytes_unchanged(
     folder = shared_data_dir / "ztf-alerts" / "v3.3"
     report = replay_alerts([folder], topic, kafka_bootstrap)
     assert (report.delivered, report.skipped, report.failed) == (62, [], [])
-    messages = _consume_all(kafka_bootstrap, topic, 62)
+    messages = [
+        (m.key or b"", m.value) for m in read_committed(kafka_bootstrap, topic, expected_end=62)
+    ]
     files = sorted(folder.rglob("*.avro"))
     assert [value for _, value in messages] == [path.read_bytes() for path in files]
     for key, value in messages:
@@ -122,7 +95,9 @@ def test_replay_cli_skips_bad_input_and_never_sends_twice(
     assert "corrupt.avro" in result.stderr
     assert "already sent" in result.stderr
     assert "listed more than once" in result.stderr
-    messages = _consume_all(kafka_bootstrap, topic, 3)
+    messages = [
+        (m.key or b"", m.value) for m in read_committed(kafka_bootstrap, topic, expected_end=3)
+    ]
     assert sorted(value for _, value in messages) == sorted(
         Path(path).read_bytes() for path in good
     )

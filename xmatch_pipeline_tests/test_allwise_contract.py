@@ -18,7 +18,7 @@ from xmatch_pipeline.match.allwise import (
     xmatch_database_rows,
 )
 from xmatch_pipeline.match.cds_response import parse_xmatch_csv
-from xmatch_pipeline_tests.cds_fixtures import RESPONSE_FILE, allwise_data
+from xmatch_pipeline_tests.pipeline_fixtures import RESPONSE_FILE, allwise_data
 
 ALERCE_ALLWISE_COLUMNS = [
     "oid_catalog",

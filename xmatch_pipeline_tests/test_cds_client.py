@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xmatch_pipeline.cds_server import CdsXmatchServer, Fault, ServedCatalogs
+from xmatch_pipeline.cds_server import CdsXmatchServer, Fault
 from xmatch_pipeline.match.allwise import ALLWISE_SPEC, CDS_COLUMNS
 from xmatch_pipeline.match.catalog_aliases import cds_catalog_parameter, vizier_table
 from xmatch_pipeline.match.catalog_spec import CatalogSpec
@@ -32,11 +31,10 @@ from xmatch_pipeline.match.cds_response import (
 from xmatch_pipeline.match.cds_upload import healpix_indices
 from xmatch_pipeline.match.engine import CrossmatchError
 from xmatch_pipeline.match.unmatched import unmatched_ids
-from xmatch_pipeline_tests.cds_fixtures import (
+from xmatch_pipeline_tests.pipeline_fixtures import (
     REQUEST_FILE,
     RESPONSE_FILE,
     allwise_data,
-    build_allwise_index,
 )
 
 RETRIED_KINDS = [
@@ -49,24 +47,6 @@ RETRIED_KINDS = [
     "cut_connection",
     "drop",
 ]
-
-
-@pytest.fixture(scope="module")
-def allwise_index(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_allwise_index(shared_data_dir, tmp_path_factory.mktemp("allwise"))
-
-
-@pytest.fixture(scope="module")
-def running_server(allwise_index: Path) -> Iterator[CdsXmatchServer]:
-    with CdsXmatchServer(ServedCatalogs({"allwise": allwise_index})) as server:
-        yield server
-
-
-@pytest.fixture
-def server(running_server: CdsXmatchServer) -> CdsXmatchServer:
-    running_server.set_faults([])
-    running_server.clear_requests()
-    return running_server
 
 
 @pytest.fixture(scope="module")
@@ -153,13 +133,15 @@ def test_radius_above_cds_limit_is_refused() -> None:
 
 
 def test_full_run_in_chunks_reproduces_the_real_cds_answer(
-    server: CdsXmatchServer, positions: pd.DataFrame, response_body: bytes
+    cds_server: CdsXmatchServer, positions: pd.DataFrame, response_body: bytes
 ) -> None:
-    client = quick_client(server.url, chunk_rows=1000)
+    client = quick_client(cds_server.url, chunk_rows=1000)
     matches = client.crossmatch(positions, ALLWISE_SPEC)
 
-    assert len(server.requests) == 6
-    assert [len(uploaded_positions(r.upload or b"")) for r in server.requests] == [1000] * 5 + [553]
+    assert len(cds_server.requests) == 6
+    assert [len(uploaded_positions(r.upload or b"")) for r in cds_server.requests] == [1000] * 5 + [
+        553
+    ]
     assert list(matches.columns) == ["id", "angDist", *CDS_COLUMNS]
     assert matches["id"].dtype == np.int64
     assert matches["angDist"].dtype == np.float64
@@ -182,13 +164,13 @@ def test_full_run_in_chunks_reproduces_the_real_cds_answer(
     assert order.is_monotonic_increasing
 
 
-def test_uploads_are_in_healpix_order(server: CdsXmatchServer, positions: pd.DataFrame) -> None:
-    quick_client(server.url, chunk_rows=2000).crossmatch(positions, ALLWISE_SPEC)
+def test_uploads_are_in_healpix_order(cds_server: CdsXmatchServer, positions: pd.DataFrame) -> None:
+    quick_client(cds_server.url, chunk_rows=2000).crossmatch(positions, ALLWISE_SPEC)
     uploads = pd.concat(
-        [uploaded_positions(record.upload or b"") for record in server.requests],
+        [uploaded_positions(record.upload or b"") for record in cds_server.requests],
         ignore_index=True,
     )
-    assert len(server.requests) == 3
+    assert len(cds_server.requests) == 3
     assert len(uploads) == len(positions)
     cells = healpix_indices(uploads["ra_in"].to_numpy(), uploads["dec_in"].to_numpy())
     assert (np.diff(cells) >= 0).all()
@@ -198,40 +180,42 @@ def test_uploads_are_in_healpix_order(server: CdsXmatchServer, positions: pd.Dat
 
 
 def test_two_requests_in_flight_give_the_same_answer(
-    server: CdsXmatchServer, positions: pd.DataFrame
+    cds_server: CdsXmatchServer, positions: pd.DataFrame
 ) -> None:
-    sequential = quick_client(server.url, chunk_rows=1500).crossmatch(positions, ALLWISE_SPEC)
-    parallel = quick_client(server.url, chunk_rows=1500, max_in_flight=2).crossmatch(
+    sequential = quick_client(cds_server.url, chunk_rows=1500).crossmatch(positions, ALLWISE_SPEC)
+    parallel = quick_client(cds_server.url, chunk_rows=1500, max_in_flight=2).crossmatch(
         positions, ALLWISE_SPEC
     )
     pd.testing.assert_frame_equal(sequential, parallel)
-    assert len(server.requests) == 8
+    assert len(cds_server.requests) == 8
 
 
 def test_string_and_nineteen_digit_ids_come_back_exact(
-    server: CdsXmatchServer, positions: pd.DataFrame
+    cds_server: CdsXmatchServer, positions: pd.DataFrame
 ) -> None:
     sample = positions.iloc[:50].reset_index(drop=True)
     big = sample.assign(id=np.arange(50, dtype=np.int64) + 9_123_456_789_012_345_000)
-    matches = quick_client(server.url).crossmatch(big, ALLWISE_SPEC)
+    matches = quick_client(cds_server.url).crossmatch(big, ALLWISE_SPEC)
     assert matches["id"].dtype == np.int64
     assert set(matches["id"]) <= set(big["id"])
-    assert len(matches) == len(quick_client(server.url).crossmatch(sample, ALLWISE_SPEC))
+    assert len(matches) == len(quick_client(cds_server.url).crossmatch(sample, ALLWISE_SPEC))
 
     texts = sample.assign(id=[f"00{number}" for number in range(50)]).astype({"id": object})
-    string_matches = quick_client(server.url).crossmatch(texts, ALLWISE_SPEC)
+    string_matches = quick_client(cds_server.url).crossmatch(texts, ALLWISE_SPEC)
     assert set(string_matches["id"]) <= {f"00{number}" for number in range(50)}
     assert all(isinstance(value, str) for value in string_matches["id"])
 
 
-def test_all_selection_and_wider_radius(server: CdsXmatchServer, positions: pd.DataFrame) -> None:
+def test_all_selection_and_wider_radius(
+    cds_server: CdsXmatchServer, positions: pd.DataFrame
+) -> None:
     spec = CatalogSpec("II/328/allwise", ("AllWISE", "W1mag"), radius_arcsec=30.0, selection="all")
-    matches = quick_client(server.url).crossmatch(positions.iloc[:500], spec)
+    matches = quick_client(cds_server.url).crossmatch(positions.iloc[:500], spec)
     assert list(matches.columns) == ["id", "angDist", "AllWISE", "W1mag"]
     assert (matches["angDist"] <= 30.0).all()
-    assert server.requests[0].fields["cat2"] == "vizier:II/328/allwise"
-    assert server.requests[0].fields["selection"] == "all"
-    assert server.requests[0].fields["cols2"] == "AllWISE,W1mag"
+    assert cds_server.requests[0].fields["cat2"] == "vizier:II/328/allwise"
+    assert cds_server.requests[0].fields["selection"] == "all"
+    assert cds_server.requests[0].fields["cols2"] == "AllWISE,W1mag"
 
 
 # --- faults --------------------------------------------------------------------------
@@ -239,85 +223,89 @@ def test_all_selection_and_wider_radius(server: CdsXmatchServer, positions: pd.D
 
 @pytest.mark.parametrize("kind", RETRIED_KINDS)
 def test_transient_faults_are_retried_with_the_same_upload(
-    server: CdsXmatchServer, positions: pd.DataFrame, kind: str
+    cds_server: CdsXmatchServer, positions: pd.DataFrame, kind: str
 ) -> None:
     sample = positions.iloc[:300]
-    expected = quick_client(server.url).crossmatch(sample, ALLWISE_SPEC)
-    server.clear_requests()
-    server.set_faults([Fault(kind, times=2)])
+    expected = quick_client(cds_server.url).crossmatch(sample, ALLWISE_SPEC)
+    cds_server.clear_requests()
+    cds_server.set_faults([Fault(kind, times=2)])
 
-    matches = quick_client(server.url).crossmatch(sample, ALLWISE_SPEC)
+    matches = quick_client(cds_server.url).crossmatch(sample, ALLWISE_SPEC)
 
     pd.testing.assert_frame_equal(matches, expected)
-    records = server.requests
+    records = cds_server.requests
     assert [record.fault for record in records] == [kind, kind, None]
     assert len({record.upload for record in records}) == 1
     assert len({tuple(sorted(record.fields.items())) for record in records}) == 1
 
 
 def test_a_slow_answer_times_out_and_is_retried(
-    server: CdsXmatchServer, positions: pd.DataFrame
+    cds_server: CdsXmatchServer, positions: pd.DataFrame
 ) -> None:
-    server.set_faults([Fault("delay", times=1, seconds=1.0)])
-    client = quick_client(server.url, read_timeout_seconds=0.3)
+    cds_server.set_faults([Fault("delay", times=1, seconds=1.0)])
+    client = quick_client(cds_server.url, read_timeout_seconds=0.3)
     matches = client.crossmatch(positions.iloc[:100], ALLWISE_SPEC)
     assert len(matches) > 0
-    assert [record.fault for record in server.requests] == ["delay", None]
+    assert [record.fault for record in cds_server.requests] == ["delay", None]
 
 
-def test_the_deadline_bounds_the_attempts(server: CdsXmatchServer, positions: pd.DataFrame) -> None:
-    server.set_faults([Fault("delay", times=None, seconds=0.6)])
-    client = quick_client(server.url, read_timeout_seconds=0.2, deadline_seconds=1.0)
+def test_the_deadline_bounds_the_attempts(
+    cds_server: CdsXmatchServer, positions: pd.DataFrame
+) -> None:
+    cds_server.set_faults([Fault("delay", times=None, seconds=0.6)])
+    client = quick_client(cds_server.url, read_timeout_seconds=0.2, deadline_seconds=1.0)
     with pytest.raises(CdsUnavailableError) as raised:
         client.crossmatch(positions.iloc[:100], ALLWISE_SPEC)
     message = str(raised.value)
-    assert server.url in message
+    assert cds_server.url in message
     assert "chunk 1/1 (100 rows)" in message
     assert "deadline" in message
     assert "ReadTimeout" in message
-    assert 2 <= len(server.requests) <= 8
-    assert f"after {len(server.requests)} attempts" in message
+    assert 2 <= len(cds_server.requests) <= 8
+    assert f"after {len(cds_server.requests)} attempts" in message
 
 
 def test_the_attempt_limit_bounds_the_retries(
-    server: CdsXmatchServer, positions: pd.DataFrame
+    cds_server: CdsXmatchServer, positions: pd.DataFrame
 ) -> None:
-    server.set_faults([Fault("503", times=None)])
-    client = quick_client(server.url, max_attempts=3)
+    cds_server.set_faults([Fault("503", times=None)])
+    client = quick_client(cds_server.url, max_attempts=3)
     with pytest.raises(CdsUnavailableError, match=r"failed 3 attempts.*HTTP 503") as raised:
         client.crossmatch(positions.iloc[:100], ALLWISE_SPEC)
     assert isinstance(raised.value, CrossmatchError)
-    assert len(server.requests) == 3
+    assert len(cds_server.requests) == 3
 
 
 def test_a_400_is_not_retried_and_surfaces_the_service_message(
-    server: CdsXmatchServer, positions: pd.DataFrame
+    cds_server: CdsXmatchServer, positions: pd.DataFrame
 ) -> None:
-    server.set_faults([Fault("400", times=None, message="Table II/328/allwise is busy")])
+    cds_server.set_faults([Fault("400", times=None, message="Table II/328/allwise is busy")])
     with pytest.raises(CdsRejectedError) as raised:
-        quick_client(server.url).crossmatch(positions.iloc[:100], ALLWISE_SPEC)
+        quick_client(cds_server.url).crossmatch(positions.iloc[:100], ALLWISE_SPEC)
     assert raised.value.service_message == "Table II/328/allwise is busy"
     assert "Not retried" in str(raised.value)
-    assert len(server.requests) == 1
+    assert len(cds_server.requests) == 1
 
 
 def test_an_unknown_column_or_table_is_rejected_by_the_server(
-    server: CdsXmatchServer, positions: pd.DataFrame
+    cds_server: CdsXmatchServer, positions: pd.DataFrame
 ) -> None:
     bad_column = CatalogSpec("allwise", ("AllWISE", "W9mag"))
     with pytest.raises(CdsRejectedError, match="W9mag"):
-        quick_client(server.url).crossmatch(positions.iloc[:10], bad_column)
+        quick_client(cds_server.url).crossmatch(positions.iloc[:10], bad_column)
     with pytest.raises(CdsRejectedError, match="Unknown table 'I/355/gaiadr3'"):
-        quick_client(server.url).crossmatch(positions.iloc[:10], CatalogSpec("I/355/gaiadr3", ()))
-    assert len(server.requests) == 2
+        quick_client(cds_server.url).crossmatch(
+            positions.iloc[:10], CatalogSpec("I/355/gaiadr3", ())
+        )
+    assert len(cds_server.requests) == 2
 
 
-def test_a_403_is_raised_at_once(server: CdsXmatchServer, positions: pd.DataFrame) -> None:
-    server.set_faults([Fault("403", times=None)])
+def test_a_403_is_raised_at_once(cds_server: CdsXmatchServer, positions: pd.DataFrame) -> None:
+    cds_server.set_faults([Fault("403", times=None)])
     with pytest.raises(CdsBannedError, match=r"banned.*wait.*contact CDS") as raised:
-        quick_client(server.url, chunk_rows=1000).crossmatch(positions, ALLWISE_SPEC)
+        quick_client(cds_server.url, chunk_rows=1000).crossmatch(positions, ALLWISE_SPEC)
     assert isinstance(raised.value, CrossmatchError)
-    assert len(server.requests) == 1
+    assert len(cds_server.requests) == 1
 
 
 def test_an_unreachable_service_gives_a_clear_error(positions: pd.DataFrame) -> None:

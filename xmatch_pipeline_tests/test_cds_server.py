@@ -8,43 +8,23 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from xmatch_pipeline.cds_server import FAULT_KINDS, CdsXmatchServer, Fault, ServedCatalogs
+from xmatch_pipeline.cds_server import FAULT_KINDS, CdsXmatchServer, Fault
 from xmatch_pipeline.cds_server.catalogs import parse_catalog_argument
 from xmatch_pipeline.match.allwise import CDS_COLUMNS
 from xmatch_pipeline.match.cds_response import parse_xmatch_csv, query_status_message
 from xmatch_pipeline.match.cds_upload import upload_body
-from xmatch_pipeline_tests.cds_fixtures import (
+from xmatch_pipeline_tests.pipeline_fixtures import (
     REQUEST_FILE,
     RESPONSE_FILE,
     allwise_data,
-    build_allwise_index,
 )
 
 TIMEOUT = (1.0, 5.0)
-
-
-@pytest.fixture(scope="module")
-def allwise_index(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_allwise_index(shared_data_dir, tmp_path_factory.mktemp("allwise"))
-
-
-@pytest.fixture(scope="module")
-def running_server(allwise_index: Path) -> Iterator[CdsXmatchServer]:
-    with CdsXmatchServer(ServedCatalogs({"allwise": allwise_index})) as server:
-        yield server
-
-
-@pytest.fixture
-def server(running_server: CdsXmatchServer) -> CdsXmatchServer:
-    running_server.set_faults([])
-    running_server.clear_requests()
-    return running_server
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +62,10 @@ def small_upload() -> bytes:
 
 
 def test_answer_has_the_shape_of_the_real_exchange(
-    server: CdsXmatchServer, request_upload: bytes, shared_data_dir: Path
+    cds_server: CdsXmatchServer, request_upload: bytes, shared_data_dir: Path
 ) -> None:
     real = (allwise_data(shared_data_dir) / RESPONSE_FILE).read_bytes()
-    response = xmatch(server.url, request_upload)
+    response = xmatch(cds_server.url, request_upload)
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/csv")
     assert response.content.split(b"\n", 1)[0] == real.split(b"\n", 1)[0]
@@ -105,10 +85,10 @@ def test_answer_has_the_shape_of_the_real_exchange(
 
 
 def test_unmatched_rows_are_absent_and_all_columns_without_cols2(
-    server: CdsXmatchServer, shared_data_dir: Path
+    cds_server: CdsXmatchServer, shared_data_dir: Path
 ) -> None:
     real = (allwise_data(shared_data_dir) / RESPONSE_FILE).read_text()
-    response = xmatch(server.url, small_upload(), cols2="")
+    response = xmatch(cds_server.url, small_upload(), cols2="")
     rows = list(csv.reader(io.StringIO(response.text)))
     assert rows[0] == real.split("\n", 1)[0].split(",")
     assert [row[1:3] for row in rows[1:]] == [["0", "a"]]
@@ -129,18 +109,18 @@ def test_unmatched_rows_are_absent_and_all_columns_without_cols2(
     ],
 )
 def test_bad_requests_get_a_votable_query_status(
-    server: CdsXmatchServer, fields: dict[str, str], message: str
+    cds_server: CdsXmatchServer, fields: dict[str, str], message: str
 ) -> None:
-    response = xmatch(server.url, small_upload(), **fields)
+    response = xmatch(cds_server.url, small_upload(), **fields)
     assert response.status_code == 400
     status = query_status_message(response.content)
     assert status is not None
     assert message in status
 
 
-def test_aliases_and_short_names_reach_the_same_catalog(server: CdsXmatchServer) -> None:
+def test_aliases_and_short_names_reach_the_same_catalog(cds_server: CdsXmatchServer) -> None:
     answers = {
-        cat2: xmatch(server.url, small_upload(), cat2=cat2).content
+        cat2: xmatch(cds_server.url, small_upload(), cat2=cat2).content
         for cat2 in ("vizier:II/328/allwise", "vizier:allwise", "vizier:ALLWISE")
     }
     assert len(set(answers.values())) == 1
@@ -159,42 +139,42 @@ def test_aliases_and_short_names_reach_the_same_catalog(server: CdsXmatchServer)
     ],
 )
 def test_each_fault_answers_as_configured_then_clears(
-    server: CdsXmatchServer, kind: str, status: int, marker: bytes
+    cds_server: CdsXmatchServer, kind: str, status: int, marker: bytes
 ) -> None:
     admin = requests.post(
-        f"{server.base_url}/_faults", json=[{"kind": kind, "times": 2}], timeout=TIMEOUT
+        f"{cds_server.base_url}/_faults", json=[{"kind": kind, "times": 2}], timeout=TIMEOUT
     )
     assert admin.json() == [
         {"kind": kind, "times": 2, "seconds": 0.0, "message": Fault(kind).message}
     ]
     for _ in range(2):
-        faulty = xmatch(server.url, small_upload())
+        faulty = xmatch(cds_server.url, small_upload())
         assert faulty.status_code == status
         assert marker in faulty.content
-    assert xmatch(server.url, small_upload()).status_code == 200
-    log = requests.get(f"{server.base_url}/_requests", timeout=TIMEOUT).json()
+    assert xmatch(cds_server.url, small_upload()).status_code == 200
+    log = requests.get(f"{cds_server.base_url}/_requests", timeout=TIMEOUT).json()
     assert [entry["fault"] for entry in log] == [kind, kind, None]
     assert [entry["status"] for entry in log] == [status, status, 200]
     assert len({entry["upload_sha256"] for entry in log}) == 1
 
 
-def test_truncated_answers(server: CdsXmatchServer, request_upload: bytes) -> None:
-    server.set_faults([Fault("truncated"), Fault("cut_connection"), Fault("drop")])
-    cut = xmatch(server.url, request_upload)
+def test_truncated_answers(cds_server: CdsXmatchServer, request_upload: bytes) -> None:
+    cds_server.set_faults([Fault("truncated"), Fault("cut_connection"), Fault("drop")])
+    cut = xmatch(cds_server.url, request_upload)
     assert cut.status_code == 200
     assert not cut.content.endswith(b"\n")
     with pytest.raises(requests.exceptions.ChunkedEncodingError):
-        xmatch(server.url, request_upload)
+        xmatch(cds_server.url, request_upload)
     with pytest.raises(requests.ConnectionError):
-        xmatch(server.url, request_upload)
-    assert xmatch(server.url, request_upload).content.endswith(b"\n")
+        xmatch(cds_server.url, request_upload)
+    assert xmatch(cds_server.url, request_upload).content.endswith(b"\n")
 
 
-def test_delay_and_fault_admin(server: CdsXmatchServer) -> None:
-    server.set_faults([Fault("delay", seconds=0.5)])
+def test_delay_and_fault_admin(cds_server: CdsXmatchServer) -> None:
+    cds_server.set_faults([Fault("delay", seconds=0.5)])
     with pytest.raises(requests.Timeout):
         requests.post(
-            server.url,
+            cds_server.url,
             data={
                 "request": "xmatch",
                 "cat2": "vizier:allwise",
@@ -206,15 +186,17 @@ def test_delay_and_fault_admin(server: CdsXmatchServer) -> None:
             files={"cat1": ("upload.csv", small_upload())},
             timeout=(1.0, 0.1),
         )
-    bad = requests.post(f"{server.base_url}/_faults", json=[{"kind": "418"}], timeout=TIMEOUT)
+    bad = requests.post(f"{cds_server.base_url}/_faults", json=[{"kind": "418"}], timeout=TIMEOUT)
     assert bad.status_code == 400
     assert "unknown fault kind" in bad.json()["error"]
     requests.post(
-        f"{server.base_url}/_faults", json=[{"kind": "503", "times": None}], timeout=TIMEOUT
+        f"{cds_server.base_url}/_faults", json=[{"kind": "503", "times": None}], timeout=TIMEOUT
     )
-    assert requests.get(f"{server.base_url}/_faults", timeout=TIMEOUT).json()[0]["times"] is None
-    requests.delete(f"{server.base_url}/_faults", timeout=TIMEOUT)
-    assert xmatch(server.url, small_upload()).status_code == 200
+    assert (
+        requests.get(f"{cds_server.base_url}/_faults", timeout=TIMEOUT).json()[0]["times"] is None
+    )
+    requests.delete(f"{cds_server.base_url}/_faults", timeout=TIMEOUT)
+    assert xmatch(cds_server.url, small_upload()).status_code == 200
 
 
 def test_fault_text_from_the_command_line() -> None:

@@ -4,34 +4,20 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
-from xmatch_pipeline.cds_server import CdsXmatchServer, ServedCatalogs
+from xmatch_pipeline.cds_server import CdsXmatchServer
 from xmatch_pipeline.cli.main import app
 from xmatch_pipeline.match.allwise import CDS_COLUMNS
-from xmatch_pipeline_tests.cds_fixtures import (
+from xmatch_pipeline_tests.pipeline_fixtures import (
     REQUEST_FILE,
     RESPONSE_FILE,
     allwise_data,
-    build_allwise_index,
 )
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def allwise_index(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_allwise_index(shared_data_dir, tmp_path_factory.mktemp("allwise"))
-
-
-@pytest.fixture(scope="module")
-def server(allwise_index: Path) -> Iterator[CdsXmatchServer]:
-    with CdsXmatchServer(ServedCatalogs({"allwise": allwise_index})) as running:
-        yield running
 
 
 def run(*arguments: str) -> str:
@@ -41,7 +27,7 @@ def run(*arguments: str) -> str:
 
 
 def test_both_engines_write_the_same_cds_shaped_file(
-    server: CdsXmatchServer, allwise_index: Path, shared_data_dir: Path, tmp_path: Path
+    cds_server: CdsXmatchServer, allwise_index: Path, shared_data_dir: Path, tmp_path: Path
 ) -> None:
     positions = allwise_data(shared_data_dir) / REQUEST_FILE
     columns = ",".join(CDS_COLUMNS)
@@ -56,7 +42,7 @@ def test_both_engines_write_the_same_cds_shaped_file(
     assert "(113 without a match)" in message
     run(
         "crossmatch", str(positions), "-o", str(cds_output), "--engine", "cds",
-        "--catalog", "allwise", "--cds-url", server.url, "--chunk-rows", "2000", *common,
+        "--catalog", "allwise", "--cds-url", cds_server.url, "--chunk-rows", "2000", *common,
     )  # fmt: skip
     assert local_output.read_bytes() == cds_output.read_bytes()
 
@@ -77,14 +63,14 @@ def test_both_engines_write_the_same_cds_shaped_file(
 
 
 def test_default_columns_and_all_selection(
-    server: CdsXmatchServer, allwise_index: Path, tmp_path: Path
+    cds_server: CdsXmatchServer, allwise_index: Path, tmp_path: Path
 ) -> None:
     source = tmp_path / "in.csv"
     source.write_text("name,RA,DE,note\nx1,190.38112,26.04266,first\nx2,10.0,-10.0,none\n")
     output = tmp_path / "out.csv"
     run(
         "crossmatch", str(source), "-o", str(output), "--engine", "cds", "--cds-url",
-        server.url, "--id-col", "name", "--ra-col", "RA", "--dec-col", "DE",
+        cds_server.url, "--id-col", "name", "--ra-col", "RA", "--dec-col", "DE",
         "--radius-arcsec", "5", "--selection", "all",
     )  # fmt: skip
     rows = list(csv.reader(io.StringIO(output.read_text())))

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
@@ -34,6 +34,7 @@ from xmatch_pipeline.devstack.postgres_server import (
     preflight_postgres,
 )
 from xmatch_pipeline.devstack.stack import prepare_devstack_directory
+from xmatch_pipeline_tests.pipeline_fixtures import read_committed
 
 
 @pytest.fixture
@@ -41,36 +42,6 @@ def engine(database_url: str):
     engine = create_engine(database_url, poolclass=NullPool)
     yield engine
     engine.dispose()
-
-
-def _read_committed(bootstrap: str, topic: str, expected: int) -> list[bytes]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-devstack-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
-    values: list[bytes] = []
-    try:
-        # Stop on a short idle period after the expected count, so extra messages would show.
-        idle_polls = 0
-        while idle_polls < (3 if len(values) >= expected else 40):
-            message = consumer.poll(0.5)
-            if message is None:
-                idle_polls += 1
-                continue
-            assert message.error() is None, message.error()
-            value = message.value()
-            assert value is not None
-            values.append(value)
-            idle_polls = 0
-    finally:
-        consumer.close()
-    return values
 
 
 def test_kafka_read_committed_consumer_sees_committed_not_aborted(kafka_bootstrap, new_topic):
@@ -87,7 +58,9 @@ def test_kafka_read_committed_consumer_sees_committed_not_aborted(kafka_bootstra
         producer.produce(topic, value=f"committed-{index}".encode())
     producer.commit_transaction(30)
 
-    assert _read_committed(kafka_bootstrap, topic, expected=3) == [
+    # The stable end passes 4 once the commit marker is written (three messages and the
+    # marker; the aborted message and its marker may or may not have reached the log first).
+    assert [m.value for m in read_committed(kafka_bootstrap, topic, expected_end=4)] == [
         b"committed-0",
         b"committed-1",
         b"committed-2",

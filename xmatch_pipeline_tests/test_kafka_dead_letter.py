@@ -15,7 +15,7 @@ from xmatch_pipeline.publish.dead_letter import (
 from xmatch_pipeline.publish.kafka_transaction import TransactionalPublisher
 from xmatch_pipeline.read.kafka_offsets import KafkaOffsetsReader
 from xmatch_pipeline.read.kafka_range_reader import KafkaRangeReader, KafkaRecord
-from xmatch_pipeline_tests.test_kafka_transaction import read_committed
+from xmatch_pipeline_tests.pipeline_fixtures import read_committed
 
 GARBAGE = b"\x00not an avro container\xff"
 
@@ -73,13 +73,14 @@ def test_dead_letter_commits_with_the_output_and_offsets(
                         publisher.produce(output, value=record.value, key=record.key)
             publisher.commit_with_offsets({(source, 0): 3}, reader.consumer_group_metadata())
 
-    [(key, value, headers)] = read_committed(kafka_bootstrap, dead_letters, expected_end=2)
+    [received] = read_committed(kafka_bootstrap, dead_letters, expected_end=2)
+    key, value, headers = received.key, received.value, received.headers
     assert (key, value) == (b"ZTF2", GARBAGE)
     assert headers["reason"] == b"not an Avro container file"
     assert headers["error.type"] == b"ValueError"
     assert (headers["origin.topic"], headers["origin.partition"]) == (source.encode(), b"0")
     assert headers["origin.offset"] == b"1"
     assert int(headers["origin.timestamp"]) > 1_600_000_000_000
-    assert [v for _, v, _ in read_committed(kafka_bootstrap, output, 2)] == [b"good alert"]
+    assert [m.value for m in read_committed(kafka_bootstrap, output, 2)] == [b"good alert"]
     offsets = KafkaOffsetsReader(config, group, timeout_seconds=10)
     assert offsets.committed_offsets([(source, 0)]) == {(source, 0): 3}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -13,42 +12,14 @@ from confluent_kafka.admin import AdminClient
 
 from xmatch_pipeline.kafka_config import KafkaClientConfig, KafkaOperationError
 from xmatch_pipeline.offset_range import OffsetRange
-from xmatch_pipeline.publish.kafka_transaction import TransactionalPublisher
 from xmatch_pipeline.read.kafka_range_reader import (
     KafkaRangeReader,
     OffsetsDeletedError,
     RangeBeyondHighWatermarkError,
 )
+from xmatch_pipeline_tests.pipeline_fixtures import write_transactions
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _write_transactions(bootstrap: str, topic: str, batches: list[tuple[int, bool]]) -> None:
-    """Write each batch (size, commit?) in its own transaction; values number the messages.
-
-    Returns once the last stable offset covers every batch: the coordinator writes the
-    commit markers just after ``commit_transaction`` returns.
-    """
-    config = KafkaClientConfig(bootstrap)
-    number = 0
-    with TransactionalPublisher(config, f"test-writer-{uuid.uuid4().hex}") as publisher:
-        publisher.init()
-        for size, commit in batches:
-            publisher.begin()
-            for _ in range(size):
-                publisher.produce(topic, value=f"m{number}".encode(), key=f"k{number}")
-                number += 1
-            if commit:
-                publisher.commit()
-            else:
-                publisher.flush()  # on the broker, so the abort leaves them in the log
-                publisher.abort()
-    expected_end = sum(size + 1 for size, _ in batches)  # one marker per transaction
-    with _reader(bootstrap) as reader:
-        deadline = time.monotonic() + 20
-        while reader.watermarks(topic, 0)[1] < expected_end:
-            assert time.monotonic() < deadline, f"{topic}: markers never written"
-            time.sleep(0.05)
 
 
 def _reader(bootstrap: str, **options: Any) -> KafkaRangeReader:
@@ -62,7 +33,7 @@ def test_reads_exactly_the_range_across_transaction_markers(
 ) -> None:
     topic = new_topic("range-markers")
     # Offsets: m0..m3 at 0-3, marker 4, m4..m7 at 5-8, marker 9, m8..m11 at 10-13, marker 14.
-    _write_transactions(kafka_bootstrap, topic, [(4, True), (4, True), (4, True)])
+    write_transactions(kafka_bootstrap, topic, [(4, True), (4, True), (4, True)])
 
     with _reader(kafka_bootstrap, stall_timeout_seconds=30) as reader:
         assert reader.watermarks(topic, 0) == (0, 15)
@@ -92,7 +63,7 @@ def test_aborted_transactions_are_invisible_and_leave_a_gap(
 ) -> None:
     topic = new_topic("range-aborted")
     # m0,m1 at 0-1, marker 2; aborted m2..m4 at 3-5, abort marker 6; m5 at 7, marker 8.
-    _write_transactions(kafka_bootstrap, topic, [(2, True), (3, False), (1, True)])
+    write_transactions(kafka_bootstrap, topic, [(2, True), (3, False), (1, True)])
 
     with _reader(kafka_bootstrap, stall_timeout_seconds=30) as reader:
         records = [r for chunk in reader.read(OffsetRange(topic, 0, 0, 9), 50) for r in chunk]
@@ -107,7 +78,7 @@ def test_range_beyond_high_watermark_is_refused(
     kafka_bootstrap: str, new_topic: Callable[..., str]
 ) -> None:
     topic = new_topic("range-beyond")
-    _write_transactions(kafka_bootstrap, topic, [(3, True)])
+    write_transactions(kafka_bootstrap, topic, [(3, True)])
     with (
         _reader(kafka_bootstrap) as reader,
         pytest.raises(RangeBeyondHighWatermarkError, match="high watermark 4") as caught,
@@ -121,7 +92,7 @@ def test_range_deleted_by_retention_is_refused(
     kafka_bootstrap: str, new_topic: Callable[..., str]
 ) -> None:
     topic = new_topic("range-deleted")
-    _write_transactions(kafka_bootstrap, topic, [(5, True)])
+    write_transactions(kafka_bootstrap, topic, [(5, True)])
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     deleted = admin.delete_records([TopicPartition(topic, 0, 3)], request_timeout=10)
     for future in deleted.values():

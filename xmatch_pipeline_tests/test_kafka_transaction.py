@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from xmatch_pipeline.kafka_config import KafkaClientConfig
 from xmatch_pipeline.offset_range import OffsetRange
@@ -21,50 +19,11 @@ from xmatch_pipeline.publish.kafka_transaction import (
 )
 from xmatch_pipeline.read.kafka_offsets import KafkaOffsetsReader
 from xmatch_pipeline.read.kafka_range_reader import KafkaRangeReader
-from xmatch_pipeline_tests.test_kafka_range_reader import _write_transactions
+from xmatch_pipeline_tests.pipeline_fixtures import read_committed, write_transactions
 
 pytestmark = pytest.mark.timeout(90)
 
 FAST = TransactionTimeouts(init_seconds=20, operation_seconds=20, retry_backoff_seconds=0.2)
-
-Received = tuple[bytes | None, bytes, dict[str, bytes]]
-
-
-def read_committed(
-    bootstrap: str, topic: str, expected_end: int, partition: int = 0
-) -> list[Received]:
-    """Every message a read_committed consumer sees, once the last stable offset reaches
-    ``expected_end`` (commit markers are written just after the commit returns)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-verify-{uuid.uuid4().hex[:8]}",
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        deadline = time.monotonic() + 20
-        where = TopicPartition(topic, partition)
-        while consumer.get_watermark_offsets(where, timeout=5, cached=False)[1] < expected_end:
-            assert time.monotonic() < deadline, f"{topic}: committed end never reached"
-            time.sleep(0.05)
-        consumer.assign([TopicPartition(topic, partition, 0)])
-        received: list[Received] = []
-        while time.monotonic() < deadline:
-            for message in consumer.consume(100, 0.2):
-                error = message.error()
-                if error is not None:
-                    assert error.code() == KafkaError._PARTITION_EOF, error
-                    return received
-                raw = message.headers() or []
-                pairs = list(raw.items()) if isinstance(raw, dict) else raw
-                headers = {name: value for name, value in pairs if isinstance(value, bytes)}
-                received.append((message.key(), message.value() or b"", headers))
-        raise AssertionError(f"{topic}: end of partition never reached")
-    finally:
-        consumer.close()
 
 
 def test_output_and_input_offsets_commit_together_exactly_once(
@@ -73,7 +32,7 @@ def test_output_and_input_offsets_commit_together_exactly_once(
     config = KafkaClientConfig(kafka_bootstrap)
     source = new_topic("tx-input")
     output = new_topic("tx-output")
-    _write_transactions(kafka_bootstrap, source, [(6, True)])  # offsets 0-5, marker 6
+    write_transactions(kafka_bootstrap, source, [(6, True)])  # offsets 0-5, marker 6
     group = f"test-live-{uuid.uuid4().hex[:8]}"
     offset_range = OffsetRange(source, 0, 0, 7)
 
@@ -98,8 +57,8 @@ def test_output_and_input_offsets_commit_together_exactly_once(
     assert (lag.committed, lag.high, lag.lag, lag.group_has_offset) == (7, 7, 0, True)
 
     received = read_committed(kafka_bootstrap, output, expected_end=7)
-    assert [value for _, value, _ in received] == [f"M{n}".encode() for n in range(6)]
-    assert [key for key, _, _ in received] == [f"k{n}".encode() for n in range(6)]
+    assert [message.value for message in received] == [f"M{n}".encode() for n in range(6)]
+    assert [message.key for message in received] == [f"k{n}".encode() for n in range(6)]
 
 
 def test_aborted_transaction_is_invisible(
@@ -131,7 +90,7 @@ def test_aborted_transaction_is_invisible(
 
     # aborted0-2 at 0-2, abort marker 3, rolled back at 4, marker 5, kept at 6, marker 7.
     received = read_committed(kafka_bootstrap, output, expected_end=8)
-    assert [value for _, value, _ in received] == [b"kept"]
+    assert [message.value for message in received] == [b"kept"]
 
 
 def test_restarted_run_fences_its_dead_predecessor(
@@ -140,7 +99,7 @@ def test_restarted_run_fences_its_dead_predecessor(
     config = KafkaClientConfig(kafka_bootstrap)
     source = new_topic("tx-fence-input")
     output = new_topic("tx-fence-output")
-    _write_transactions(kafka_bootstrap, source, [(2, True)])  # offsets 0-1, marker 2
+    write_transactions(kafka_bootstrap, source, [(2, True)])  # offsets 0-1, marker 2
     group = f"test-live-{uuid.uuid4().hex[:8]}"
     transactional_id = transactional_id_for(group, source, 0)
     reader = KafkaRangeReader(config, group)
@@ -163,7 +122,7 @@ def test_restarted_run_fences_its_dead_predecessor(
 
     # dead message 0, abort marker 1, restarted message 2, commit marker 3.
     received = read_committed(kafka_bootstrap, output, expected_end=4)
-    assert [value for _, value, _ in received] == [b"from the restarted run"]
+    assert [message.value for message in received] == [b"from the restarted run"]
     offsets = KafkaOffsetsReader(config, group, timeout_seconds=10)
     assert offsets.committed_offsets([(source, 0)]) == {(source, 0): 3}
 
@@ -202,4 +161,4 @@ def test_full_local_queue_waits_instead_of_failing(
                 publisher.produce(output, value=f"q{number}".encode())
             publisher.commit()
     received = read_committed(kafka_bootstrap, output, expected_end=41)
-    assert [value for _, value, _ in received] == [f"q{n}".encode() for n in range(40)]
+    assert [message.value for message in received] == [f"q{n}".encode() for n in range(40)]

@@ -27,16 +27,17 @@ from xmatch_pipeline_tests.failure_fixtures import (
     InputStream,
     assert_database_holds_exactly,
     assert_nothing_stored,
-    build_allwise_index,
-    committed_offset,
-    create_topic,
-    delete_topics,
-    pipeline_environment,
     read_candids,
     run_microbatch_job,
-    scratch_database,
     visible_now,
     write_input_stream,
+)
+from xmatch_pipeline_tests.pipeline_fixtures import (
+    create_topic,
+    delete_topics,
+    fresh_database,
+    group_offsets,
+    pipeline_environment,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -46,11 +47,6 @@ ALERT_COUNT = 200
 KILL_OCCURRENCE = {"consumed": 2, "crossmatching": 2, "produced": 1, "database_committed": 1}
 WORKER_TIMEOUT_SECONDS = 90
 LOCK_RELEASE_TIMEOUT_SECONDS = 15
-
-
-@pytest.fixture(scope="module")
-def allwise_index(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_allwise_index(shared_data_dir, tmp_path_factory.mktemp("allwise") / "index")
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +86,15 @@ def test_killed_run_then_rerun_outputs_every_alert_exactly_once(
     offset_range = input_stream.offset_range
     output_topic = new_topic("crash-output")
     group_id = f"crash-{stage}-{uuid.uuid4().hex[:8]}"
-    with scratch_database(database_url) as url:
+    with fresh_database(database_url) as url:
         environment = pipeline_environment(
-            bootstrap=kafka_bootstrap,
+            kafka_bootstrap=kafka_bootstrap,
             database_url=url,
             input_topic=input_stream.topic,
             output_topic=output_topic,
             group_id=group_id,
             index_dir=allwise_index,
+            XMATCH_CHUNK_MESSAGES=str(CHUNK_MESSAGES),
         )
         killed_run_id = f"killed-at-{stage}"
         worker = subprocess.run(
@@ -132,7 +129,7 @@ def test_killed_run_then_rerun_outputs_every_alert_exactly_once(
             else:
                 assert killed.status == "running"
                 assert_nothing_stored(url)
-            assert committed_offset(kafka_bootstrap, group_id, offset_range.topic) is None
+            assert group_offsets(kafka_bootstrap, group_id, offset_range.topic)[0] is None
             assert visible_now(kafka_bootstrap, output_topic, seconds=1.0) == []
             _wait_until_released(ledger, offset_range.topic)
 
@@ -149,7 +146,7 @@ def test_killed_run_then_rerun_outputs_every_alert_exactly_once(
             assert set(everything) == set(input_stream.candids)
 
             assert_database_holds_exactly(url, input_stream)
-            assert committed_offset(kafka_bootstrap, group_id, offset_range.topic) == len(
+            assert group_offsets(kafka_bootstrap, group_id, offset_range.topic)[0] == len(
                 input_stream.candids
             )
             entry = ledger.entry(offset_range)

@@ -30,14 +30,16 @@ from xmatch_pipeline.services import PipelineServices
 from xmatch_pipeline.settings import load_settings
 from xmatch_pipeline.store.range_ledger import LedgerEntry, RangeLedger
 from xmatch_pipeline_tests.failure_fixtures import (
+    CHUNK_MESSAGES,
     InputStream,
     assert_database_holds_exactly,
-    build_allwise_index,
-    committed_offset,
-    pipeline_environment,
     read_candids,
-    scratch_database,
     write_input_stream,
+)
+from xmatch_pipeline_tests.pipeline_fixtures import (
+    fresh_database,
+    group_offsets,
+    pipeline_environment,
 )
 
 ALERT_COUNT = 120
@@ -64,11 +66,6 @@ def own_postgres(devstack: DevstackSettings) -> Iterator[DevstackSettings]:
     finally:
         stop_postgres(settings)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def allwise_index(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_allwise_index(shared_data_dir, tmp_path_factory.mktemp("allwise") / "index")
 
 
 @dataclass
@@ -108,14 +105,15 @@ def case(
     input_topic = new_topic("outage-input")
     output_topic = new_topic("outage-output")
     stream = write_input_stream(kafka_bootstrap, input_topic, shared_data_dir, ALERT_COUNT, 43)
-    with scratch_database(own_postgres.database_url) as database_url:
+    with fresh_database(own_postgres.database_url) as database_url:
         environment = pipeline_environment(
-            bootstrap=kafka_bootstrap,
+            kafka_bootstrap=kafka_bootstrap,
             database_url=database_url,
             input_topic=input_topic,
             output_topic=output_topic,
             group_id=f"outage-{output_topic}",
             index_dir=allwise_index,
+            XMATCH_CHUNK_MESSAGES=str(CHUNK_MESSAGES),
         )
         services = PipelineServices(load_settings(environment))
         try:
@@ -128,7 +126,7 @@ def case(
 
 def _assert_nothing_visible(case: OutageCase, kafka_bootstrap: str) -> None:
     """No offsets, and the run's transaction aborted: read to the end, nothing committed."""
-    assert committed_offset(kafka_bootstrap, case.group_id, case.stream.topic) is None
+    assert group_offsets(kafka_bootstrap, case.group_id, case.stream.topic)[0] is None
     assert read_candids(kafka_bootstrap, case.output_topic, "read_committed") == []
     assert read_candids(kafka_bootstrap, case.output_topic, "read_uncommitted"), (
         "the failed run should have produced (then aborted) its output"
@@ -142,7 +140,7 @@ def _assert_retry_succeeds(case: OutageCase, kafka_bootstrap: str) -> None:
     assert report.offsets_committed
     assert report.messages_in == ALERT_COUNT
     assert sorted(read_candids(kafka_bootstrap, case.output_topic)) == sorted(case.stream.candids)
-    assert committed_offset(kafka_bootstrap, case.group_id, offset_range.topic) == offset_range.end
+    assert group_offsets(kafka_bootstrap, case.group_id, offset_range.topic)[0] == offset_range.end
     assert_database_holds_exactly(case.database_url, case.stream)
     entry = case.ledger_entry()
     assert entry is not None

@@ -28,22 +28,18 @@ from xmatch_pipeline.store.range_ledger import LedgerEntry, RangeLedger
 from xmatch_pipeline_tests.failure_fixtures import (
     CHUNK_MESSAGES,
     InputStream,
-    build_allwise_index,
-    committed_offset,
-    pipeline_environment,
     read_candids,
-    scratch_database,
     write_input_stream,
+)
+from xmatch_pipeline_tests.pipeline_fixtures import (
+    fresh_database,
+    group_offsets,
+    pipeline_environment,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ALERT_COUNT = 3 * CHUNK_MESSAGES
 HOLD_TIMEOUT_SECONDS = 60.0
-
-
-@pytest.fixture(scope="module")
-def allwise_index(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_allwise_index(shared_data_dir, tmp_path_factory.mktemp("allwise") / "index")
 
 
 class _Pipeline:
@@ -89,14 +85,15 @@ def pipeline(
     input_topic = new_topic("race-input")
     output_topic = new_topic("race-output")
     stream = write_input_stream(kafka_bootstrap, input_topic, shared_data_dir, ALERT_COUNT, 45)
-    with scratch_database(database_url) as url:
+    with fresh_database(database_url) as url:
         environment = pipeline_environment(
-            bootstrap=kafka_bootstrap,
+            kafka_bootstrap=kafka_bootstrap,
             database_url=url,
             input_topic=input_topic,
             output_topic=output_topic,
             group_id=f"race-{output_topic}",
             index_dir=allwise_index,
+            XMATCH_CHUNK_MESSAGES=str(CHUNK_MESSAGES),
         )
         pipeline = _Pipeline(environment, url)
         try:
@@ -153,7 +150,7 @@ def test_second_run_on_a_held_partition_is_refused_and_leaves_no_trace(
         stream.candids
     )
     group = flow.environment["CONSUMER_GROUP_ID"]
-    assert committed_offset(kafka_bootstrap, group, offset_range.topic) == offset_range.end
+    assert group_offsets(kafka_bootstrap, group, offset_range.topic)[0] == offset_range.end
 
 
 def test_overlapping_live_range_is_refused_and_leaves_no_trace(
@@ -176,7 +173,7 @@ def test_overlapping_live_range_is_refused_and_leaves_no_trace(
         stream.candids[: first.end]
     )
     group = flow.environment["CONSUMER_GROUP_ID"]
-    assert committed_offset(kafka_bootstrap, group, topic) == first.end
+    assert group_offsets(kafka_bootstrap, group, topic)[0] == first.end
 
 
 def test_dagster_queue_allows_one_run_per_partition(

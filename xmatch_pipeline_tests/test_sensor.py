@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 from dagster._core.remote_origin import (
     InProcessCodeLocationOrigin,
@@ -35,6 +34,8 @@ from xmatch_pipeline.store.range_ledger import RangeLedger
 from xmatch_pipeline.store.schema import ensure_schema
 from xmatch_pipeline_tests.pipeline_fixtures import (
     SmallStream,
+    create_topics,
+    delete_topics,
     drive_sensor_and_jobs,
     evaluate_sensor,
     execute_request,
@@ -360,10 +361,8 @@ def test_daily_topic_formats_and_patterns_resolve_existing_topics(
     today = datetime.now(UTC).strftime("%Y%m%d")
     daily = [f"ztf{marker}_{today}_programid1", f"ztf{marker}_{today}_programid2"]
     patterned = [f"pattern{marker}-a", f"pattern{marker}-b"]
-    admin = AdminClient({"bootstrap.servers": harness.bootstrap})
     created = daily + patterned
-    for future in admin.create_topics([NewTopic(name, 1, 1) for name in created]).values():
-        future.result(timeout=30)
+    create_topics(harness.bootstrap, created)
     try:
         for name in created:
             harness.produce(name, 0, 2)
@@ -379,4 +378,4 @@ def test_daily_topic_formats_and_patterns_resolve_existing_topics(
         result = evaluate_sensor(DagsterInstance.ephemeral(), None)
         assert sorted(r.tags[run_tags.TOPIC] for r in result.run_requests or []) == patterned
     finally:
-        admin.delete_topics(created, operation_timeout=30)
+        delete_topics(harness.bootstrap, created)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, event, text
 
 from xmatch_pipeline.store.match_cache import StoredMatchCache
 from xmatch_pipeline.store.match_writer import (
@@ -18,7 +17,6 @@ from xmatch_pipeline.store.match_writer import (
     TableWriteCount,
     write_match_batch,
 )
-from xmatch_pipeline.store.schema import ensure_schema
 
 STEP = StepRecord(
     step_id="xmatch-1.0",
@@ -91,14 +89,6 @@ def _contents(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
             ]
             for table, order in orders.items()
         }
-
-
-@pytest.fixture(scope="module")
-def schema_engine(fresh_database_url: str) -> Iterator[Engine]:
-    engine = create_engine(fresh_database_url)
-    ensure_schema(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

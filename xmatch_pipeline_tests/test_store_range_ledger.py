@@ -8,11 +8,10 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 
 from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.store.errors import (
@@ -22,7 +21,6 @@ from xmatch_pipeline.store.errors import (
 )
 from xmatch_pipeline.store.match_writer import MatchBatchRows, StepRecord, write_match_batch
 from xmatch_pipeline.store.range_ledger import RangeCounts, RangeLedger
-from xmatch_pipeline.store.schema import ensure_schema
 
 HOLDER_SCRIPT = textwrap.dedent(
     """
@@ -38,20 +36,12 @@ HOLDER_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def engine(fresh_database_url: str) -> Iterator[Engine]:
-    engine = create_engine(fresh_database_url)
-    ensure_schema(engine)
-    yield engine
-    engine.dispose()
-
-
 GROUP = "xmatch"
 
 
 @pytest.fixture
-def ledger(engine: Engine) -> RangeLedger:
-    return RangeLedger(engine, GROUP)
+def ledger(schema_engine: Engine) -> RangeLedger:
+    return RangeLedger(schema_engine, GROUP)
 
 
 @pytest.fixture
@@ -202,7 +192,7 @@ def test_backfill_ranges_may_overlap_live_and_each_other(ledger: RangeLedger, to
 
 
 def test_success_commits_with_the_batch_and_a_superseded_run_cannot_commit(
-    engine: Engine, ledger: RangeLedger, topic: str
+    schema_engine: Engine, ledger: RangeLedger, topic: str
 ):
     offset_range = OffsetRange(topic, 0, 0, 10)
     batch = MatchBatchRows(
@@ -215,11 +205,11 @@ def test_success_commits_with_the_batch_and_a_superseded_run_cannot_commit(
     ledger.record_started(offset_range, "live", "new-run")  # took over after stale-run died
 
     with pytest.raises(LedgerOwnershipError, match="belongs to run new-run"):
-        _persist(engine, ledger, offset_range, "stale-run", batch)
-    assert _object_exists(engine, "ZTF20fenced") is False, "the stale run's rows rolled back"
+        _persist(schema_engine, ledger, offset_range, "stale-run", batch)
+    assert _object_exists(schema_engine, "ZTF20fenced") is False, "the stale run's rows rolled back"
 
-    _persist(engine, ledger, offset_range, "new-run", batch)
-    assert _object_exists(engine, "ZTF20fenced") is True
+    _persist(schema_engine, ledger, offset_range, "new-run", batch)
+    assert _object_exists(schema_engine, "ZTF20fenced") is True
     entry = ledger.entry(offset_range)
     assert entry is not None
     assert (entry.status, entry.run_id, entry.alerts_in) == ("succeeded", "new-run", 1)
@@ -279,16 +269,16 @@ def test_two_overlapping_ranges_started_at_once_admit_exactly_one(ledger: RangeL
 
 
 def test_two_consumer_groups_hold_the_same_partition_at_once(
-    engine: Engine, ledger: RangeLedger, topic: str
+    schema_engine: Engine, ledger: RangeLedger, topic: str
 ):
     """Deployments with different groups sharing a database each read every partition."""
-    other = RangeLedger(engine, "xmatch-staging")
+    other = RangeLedger(schema_engine, "xmatch-staging")
     with ledger.hold_partition(topic, 0, run_id="production-run"):
         assert not other.is_partition_held(topic, 0)
         with other.hold_partition(topic, 0, run_id="staging-run") as hold:
             assert hold.still_held()
             assert ledger.is_partition_held(topic, 0)
-            same_group = RangeLedger(engine, GROUP)
+            same_group = RangeLedger(schema_engine, GROUP)
             with (
                 pytest.raises(PartitionBusyError, match="production-run"),
                 same_group.hold_partition(topic, 0),
@@ -297,9 +287,9 @@ def test_two_consumer_groups_hold_the_same_partition_at_once(
 
 
 def test_two_consumer_groups_record_overlapping_live_ranges_independently(
-    engine: Engine, ledger: RangeLedger, topic: str
+    schema_engine: Engine, ledger: RangeLedger, topic: str
 ):
-    other = RangeLedger(engine, "xmatch-staging")
+    other = RangeLedger(schema_engine, "xmatch-staging")
     ledger.record_started(OffsetRange(topic, 0, 0, 100), "live", "production-run")
     same_range = other.record_started(OffsetRange(topic, 0, 0, 100), "live", "staging-run")
     assert (same_range.attempts, same_range.run_id) == (1, "staging-run"), "not a retry"
