@@ -20,11 +20,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from xmatch_pipeline.closing import ClosedOnExit
 from xmatch_pipeline.kafka_config import KafkaClientConfig, KafkaOperationError
 from xmatch_pipeline.offset_range import OffsetRange
 
@@ -93,7 +93,7 @@ def _safe_id(raw: str) -> str:
     return _UNSAFE_ID_CHARACTERS.sub("_", raw)
 
 
-class TransactionalPublisher:
+class TransactionalPublisher(ClosedOnExit):
     """One transactional producer; call :meth:`init` once, then one transaction at a time."""
 
     def __init__(
@@ -260,17 +260,6 @@ class TransactionalPublisher:
         if self._in_transaction:
             self._abort_quietly()
         self._producer.flush(self.timeouts.operation_seconds)
-
-    def __enter__(self) -> TransactionalPublisher:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _commit(self) -> None:
         self._retrying(

@@ -17,7 +17,6 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from confluent_kafka import (
@@ -29,6 +28,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from xmatch_pipeline.closing import ClosedOnExit
 from xmatch_pipeline.kafka_config import KafkaClientConfig, KafkaOperationError
 from xmatch_pipeline.offset_range import OffsetRange
 
@@ -115,7 +115,7 @@ class KafkaFetchError(KafkaRangeError):
         self.kafka_error = error
 
 
-class KafkaRangeReader:
+class KafkaRangeReader(ClosedOnExit):
     """Reads offset ranges for one consumer group without ever committing or joining it.
 
     The group id only identifies whose offsets a transaction commits
@@ -273,17 +273,6 @@ class KafkaRangeReader:
     def close(self) -> None:
         """Leave without committing anything (the transaction commits the offsets)."""
         self._consumer.close()
-
-    def __enter__(self) -> KafkaRangeReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _record(message: Message, offset_range: OffsetRange) -> KafkaRecord:
