@@ -7,33 +7,41 @@ CROSSMATCH_TABLES = AssetKey(["postgres", "allwise_xmatch"])
 OUTPUT_TOPIC = AssetKey(["kafka", "xmatch"])
 DEAD_LETTER_TOPIC = AssetKey(["kafka", "xmatch_dead_letters"])
 
+
+def _spec(
+    key: AssetKey, kind: str, description: str, *, upstream: AssetKey | None = None
+) -> AssetSpec:
+    return AssetSpec(
+        key,
+        deps=[upstream] if upstream is not None else [],
+        description=description,
+        group_name="xmatch",
+        kinds={kind},
+    )
+
+
 ASSET_SPECS = [
-    AssetSpec(
+    _spec(
         INPUT_TOPICS,
-        description="ZTF alert topics (Avro, one alert per message); lag observed by "
-        "kafka_lag_sensor.",
-        group_name="xmatch",
-        kinds={"kafka"},
+        "kafka",
+        "ZTF alert topics (Avro, one alert per message); lag observed by kafka_lag_sensor.",
     ),
-    AssetSpec(
+    _spec(
         CROSSMATCH_TABLES,
-        deps=[INPUT_TOPICS],
-        description="PostgreSQL tables object, allwise, xmatch and step (ALeRCE db-plugins).",
-        group_name="xmatch",
-        kinds={"postgres"},
+        "postgres",
+        "PostgreSQL tables object, allwise, xmatch and step (ALeRCE db-plugins).",
+        upstream=INPUT_TOPICS,
     ),
-    AssetSpec(
+    _spec(
         OUTPUT_TOPIC,
-        deps=[CROSSMATCH_TABLES],
-        description="Enriched alerts: the input alert plus xmatches, key objectId.",
-        group_name="xmatch",
-        kinds={"kafka"},
+        "kafka",
+        "Enriched alerts: the input alert plus xmatches, key objectId.",
+        upstream=CROSSMATCH_TABLES,
     ),
-    AssetSpec(
+    _spec(
         DEAD_LETTER_TOPIC,
-        deps=[INPUT_TOPICS],
-        description="Undecodable input messages with their reason and origin in headers.",
-        group_name="xmatch",
-        kinds={"kafka"},
+        "kafka",
+        "Undecodable input messages with their reason and origin in headers.",
+        upstream=INPUT_TOPICS,
     ),
 ]
