@@ -48,18 +48,22 @@ class Plan:
     latency_partitions: int
     variant_seconds: float
     profile_size: int | None
+    memory_sizes: tuple[int, ...]
+    memory_repeats: int
 
 
 FULL = Plan(
     sizes=(1_000, 5_000, 20_000), large_size=50_000, repeats=3, large_repeats=3,
     naive_sizes=(1_000, 5_000), runner_sizes=(1_000, 5_000), scaling_size=5_000,
     scaling_repeats=2, latency_seconds=300, latency_rate=300, latency_partitions=2,
-    variant_seconds=120, profile_size=5_000,
+    variant_seconds=120, profile_size=5_000, memory_sizes=(5_000, 20_000, 50_000),
+    memory_repeats=2,
 )  # fmt: skip
 QUICK = Plan(
     sizes=(500,), large_size=2_000, repeats=1, large_repeats=1, naive_sizes=(500,),
     runner_sizes=(500,), scaling_size=1_000, scaling_repeats=1, latency_seconds=45,
     latency_rate=300, latency_partitions=2, variant_seconds=30, profile_size=None,
+    memory_sizes=(500, 2_000), memory_repeats=1,
 )  # fmt: skip
 
 
@@ -122,6 +126,18 @@ def _profile(size: int, surroundings: Surroundings) -> list[dict[str, Any]]:
     return rows[:15]
 
 
+def _memory(plan: Plan, surroundings: Surroundings) -> list[dict[str, Any]]:
+    """Peak RSS (the child's own ``VmHWM``) of job runs of growing size."""
+    results = []
+    for repeat in range(plan.memory_repeats):
+        for size in plan.memory_sizes:
+            result = measure("job", surroundings, 0, size) | {"size": size, "repeat": repeat}
+            results.append(result)
+            _log(f"memory repeat {repeat + 1}: job {size:>6,} alerts: "
+                 f"peak {result['high_water_mb']:,.0f} MB")  # fmt: skip
+    return results
+
+
 def _scaling(plan: Plan, surroundings: Surroundings) -> list[dict[str, Any]]:
     """One job on one partition vs two jobs on two partitions at once."""
     results = []
@@ -156,6 +172,8 @@ def main() -> None:
     parser.add_argument("--with-engines", action="store_true",
                         help="also run bench.crossmatch_engines (~100 s)")  # fmt: skip
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--only", choices=("memory",),
+                        help="run one phase and merge it into the saved raw results")  # fmt: skip
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the report and plot from the saved raw results")  # fmt: skip
     arguments = parser.parse_args()
@@ -164,6 +182,9 @@ def main() -> None:
         _write_outputs(json.loads((RESULTS_DIR / f"{stem}.json").read_text()), arguments.quick)
         return
     plan = QUICK if arguments.quick else FULL
+    if arguments.only:
+        _only_memory(plan, arguments.quick)
+        return
     started = time.perf_counter()
     results: dict[str, Any] = {
         "quick": arguments.quick,
@@ -206,6 +227,9 @@ def main() -> None:
         if plan.profile_size:
             results["profile"] = _profile(plan.profile_size, surroundings)
             mark = phase("profile", mark)
+        _log("memory")
+        results["memory"] = _memory(plan, surroundings)
+        mark = phase("memory", mark)
     with fresh_topic(devstack, "bench-in-2p", partitions=2) as input_topic:
         produce_alerts(devstack, input_topic, cache.read(2 * plan.scaling_size), partitions=2)
         _log("scaling")
@@ -239,6 +263,23 @@ def main() -> None:
 
     (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str))
     _write_outputs(results, arguments.quick)
+
+
+def _only_memory(plan: Plan, quick: bool) -> None:
+    stem = "pipeline_quick" if quick else "pipeline"
+    path = RESULTS_DIR / f"{stem}.json"
+    results = json.loads(path.read_text())
+    started = time.perf_counter()
+    devstack = ensure_devstack_running()
+    with fresh_topic(devstack, "bench-in") as input_topic:
+        produce_alerts(devstack, input_topic, AlertCache().read(max(plan.memory_sizes)))
+        surroundings = Surroundings(devstack, catalog_index(), input_topic)
+        results["memory"] = _memory(plan, surroundings)
+    results["phase_seconds"]["memory"] = time.perf_counter() - started
+    results["load_after_memory"] = load_average()
+    results["memory_run_separately"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    path.write_text(json.dumps(results, indent=1, default=str))
+    _write_outputs(results, quick)
 
 
 def _write_outputs(results: dict[str, Any], quick: bool) -> None:

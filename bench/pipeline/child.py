@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from xmatch_pipeline.offset_range import OffsetRange
@@ -28,6 +29,18 @@ METHODS = ("job", "runner", "passthrough", "naive")
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _high_water_mb() -> float:
+    """This process's own peak RSS (``VmHWM``).
+
+    ``ru_maxrss`` is not: Linux carries the parent's high-water mark over fork and exec, so a
+    child of a large parent reports at least the parent's size.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
 
 
 def _report_fields(report: Any) -> dict[str, Any]:
@@ -180,6 +193,7 @@ def main() -> None:
         "started_at": started_at,
         "finished_at": started_at + seconds,
         "peak_rss_mb": _peak_rss_mb(),
+        "high_water_mb": _high_water_mb(),
         "rss_before_mb": rss_before,
     }
     print(json.dumps(result))
