@@ -158,6 +158,7 @@ def _decode_chunk(
                     topic=record.topic,
                     partition=record.partition,
                     offset=record.offset,
+                    header_only=True,
                 )
             )
         except AlertDecodeError as error:

@@ -147,3 +147,34 @@ def test_decoded_alerts_pickle_through_the_schema_cache(ztf_alert_files: list[Pa
     assert copy.record == alert.record
     assert copy.schema is alert.schema
     assert bytes(copy.payload) == bytes(alert.payload)
+
+
+def test_header_only_decoding_keeps_the_routing_fields_and_the_full_record(
+    ztf_alert_files: list[Path],
+) -> None:
+    for path in ztf_alert_files:
+        data = path.read_bytes()
+        full = decode_alert(data)
+        header = decode_alert(data, header_only=True)
+        assert not header.complete
+        assert set(header.record) == {"schemavsn", "objectId", "candid", "candidate"}
+        assert header.record["candidate"] == {"ra": full.ra, "dec": full.dec}
+        assert (header.object_id, header.candid, header.schema_version) == (
+            full.object_id,
+            full.candid,
+            full.schema_version,
+        )
+        assert header.full_record() == full.record
+        assert bytes(header.payload) == bytes(full.payload)
+
+
+def test_header_only_decoding_still_rejects_bad_bytes(ztf_alert_files: list[Path]) -> None:
+    data = ztf_alert_files[0].read_bytes()
+    with pytest.raises(AlertDecodeError):
+        decode_alert(data[: len(data) // 2], header_only=True)
+    alert = decode_alert(data)
+    encoded = bytearray(encode_alert(alert.record, alert.schema))
+    header_size = len(encoded) - len(alert.payload) - 16
+    encoded[header_size - 3 : header_size + 40] = b"\xff" * 43
+    with pytest.raises(AlertDecodeError):
+        decode_alert(bytes(encoded), header_only=True)

@@ -23,15 +23,27 @@ class DecodedAlert:
 
     ``payload`` is the record's Avro encoding as received (a view into the message for
     uncompressed containers), so an output that only appends fields need not re-encode it.
+    ``record`` holds every field, or only the header fields when decoded with
+    ``header_only=True`` (``complete`` False); :meth:`full_record` always has them all.
     """
 
     record: dict[str, Any]
     schema: AlertSchema
     payload: bytes | memoryview = field(repr=False, compare=False)
+    complete: bool = True
 
-    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any], AlertSchema, bytes]]:
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any], AlertSchema, bytes, bool]]:
         """Picklable (a memoryview is not), e.g. for an orchestrator's IO manager."""
-        return DecodedAlert, (self.record, self.schema, bytes(self.payload))
+        return DecodedAlert, (self.record, self.schema, bytes(self.payload), self.complete)
+
+    def full_record(self) -> dict[str, Any]:
+        """Every field of the alert, decoding the payload again if only the header was read."""
+        if self.complete:
+            return self.record
+        record = fastavro.schemaless_reader(io.BytesIO(self.payload), self.schema.parsed, None)
+        if not isinstance(record, dict):
+            raise AlertDecodeError("not a ZTF alert: the record is not a record")
+        return record
 
     @property
     def writer_schema(self) -> dict[str, Any]:
@@ -82,7 +94,7 @@ def _check_version(version: Any) -> None:
     _checked_versions.add(str(version))
 
 
-def _decode(value: bytes | None) -> DecodedAlert:
+def _decode(value: bytes | None, header_only: bool = False) -> DecodedAlert:
     container = read_container(value)
     schema = schema_from_text(container.schema_text)
     if schema.not_ztf_reason is not None:
@@ -92,8 +104,9 @@ def _decode(value: bytes | None) -> DecodedAlert:
         raise AlertDecodeError(f"expected exactly one alert in the container, found {total}")
     payload = next(block.payload for block in container.blocks if block.record_count)
     buffer = io.BytesIO(payload)
+    reader = schema.header_reader if header_only else None
     try:
-        record = fastavro.schemaless_reader(buffer, schema.parsed, None)
+        record = fastavro.schemaless_reader(buffer, schema.parsed, reader)
     except Exception as error:  # fastavro signals bad data with many exception types
         raise AlertDecodeError(
             f"alert data do not match the embedded schema: {type(error).__name__}: {error}"
@@ -106,7 +119,7 @@ def _decode(value: bytes | None) -> DecodedAlert:
     if not isinstance(record, dict):
         raise AlertDecodeError("not a ZTF alert: the record is not a record")
     _check_version(record["schemavsn"])
-    return DecodedAlert(record=record, schema=schema, payload=payload)
+    return DecodedAlert(record=record, schema=schema, payload=payload, complete=reader is None)
 
 
 def decode_alert(
@@ -116,10 +129,15 @@ def decode_alert(
     partition: int | None = None,
     offset: int | None = None,
     source: str | None = None,
+    header_only: bool = False,
 ) -> DecodedAlert:
-    """Decode one message value; the origin, when given, is carried by any error raised."""
+    """Decode one message value; the origin, when given, is carried by any error raised.
+
+    ``header_only`` reads every byte but keeps only objectId, candid, schemavsn and the
+    candidate's position: what the pipeline routes and matches on.
+    """
     try:
-        return _decode(value)
+        return _decode(value, header_only)
     except AlertDecodeError as error:
         if topic is None and partition is None and offset is None and source is None:
             raise

@@ -117,7 +117,7 @@ def enriched_record(
     precision: Precision = "double",
 ) -> dict[str, Any]:
     """The output record as a dict (the input record is not modified)."""
-    return {**decoded.record, XMATCHES_FIELD: clean_xmatches(xmatches, precision)}
+    return {**decoded.full_record(), XMATCHES_FIELD: clean_xmatches(xmatches, precision)}
 
 
 def encode_enriched_alert(
@@ -136,7 +136,7 @@ def encode_enriched_alert(
     cleaned = clean_xmatches(xmatches, precision)
     buffer = io.BytesIO()
     if any(entry["name"] == XMATCHES_FIELD for entry in decoded.writer_schema["fields"]):
-        record = {**decoded.record, XMATCHES_FIELD: cleaned}
+        record = {**decoded.full_record(), XMATCHES_FIELD: cleaned}
         fastavro.schemaless_writer(buffer, schema.parsed, record)
     else:
         buffer.write(decoded.payload)
