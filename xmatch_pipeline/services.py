@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -182,7 +181,3 @@ class PipelineServices:
     def dispose(self) -> None:
         if "database" in self.__dict__:
             self.database.dispose()
-
-
-def describe_topics(topics: Sequence[str]) -> str:
-    return ", ".join(topics) if topics else "(none yet)"

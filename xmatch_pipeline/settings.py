@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
@@ -128,7 +128,6 @@ class PipelineSettings:
     max_run_attempts: int = 3
     output_precision: OutputPrecision = "double"
     use_match_cache: bool = True
-    extra: Mapping[str, str] = field(default_factory=dict)
 
 
 def _catalog_from_json(entry: object, index: int) -> CatalogSpec:
