@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,14 +53,6 @@ def alert_positions(alerts: Sequence[DecodedAlert]) -> pd.DataFrame:
             "dec": np.array([alert.dec for alert in alerts], dtype=np.float64),
         }
     )
-
-
-def _plain(value: Any) -> object:
-    if value is None or value is pd.NA:
-        return None
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    return value.item() if hasattr(value, "item") else value
 
 
 def _cached_allwise_matches(
@@ -122,7 +113,7 @@ def crossmatch_alerts(
         for record in combined.to_dict(orient="records"):
             candid = int(record["id"])
             result.xmatches_by_candid.setdefault(candid, {})[catalog.name] = {
-                column: _plain(record[column]) for column in columns
+                column: allwise.plain_value(record[column]) for column in columns
             }
         if catalog.name == allwise.CATALOG_NAME:
             by_object = combined.copy()

@@ -65,7 +65,7 @@ ALLWISE_SPEC = CatalogSpec(
 )
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """A DataFrame cell as a plain Python value: None for missing, never NaN."""
     if value is None or value is pd.NA:
         return None
@@ -85,7 +85,7 @@ def allwise_database_rows(matches: pd.DataFrame) -> list[dict[str, Any]]:
     renamed = matches[list(CDS_COLUMNS)].rename(columns=dict(DATABASE_COLUMNS))
     unique = renamed.drop_duplicates(subset="oid_catalog", keep="first")
     records = unique.to_dict(orient="records")
-    return [{str(key): _plain(value) for key, value in record.items()} for record in records]
+    return [{str(key): plain_value(value) for key, value in record.items()} for record in records]
 
 
 def xmatch_database_rows(matches: pd.DataFrame) -> list[dict[str, Any]]:
@@ -95,9 +95,9 @@ def xmatch_database_rows(matches: pd.DataFrame) -> list[dict[str, Any]]:
     """
     return [
         {
-            "oid": _plain(identifier),
+            "oid": plain_value(identifier),
             "catid": CATALOG_NAME,
-            "oid_catalog": _plain(source),
+            "oid_catalog": plain_value(source),
             "dist": float(distance),
         }
         for identifier, source, distance in zip(
