@@ -224,17 +224,11 @@ def assert_nothing_stored(database_url: str) -> None:
 
 def run_microbatch_job(offset_range: OffsetRange) -> Any:
     """The Dagster job over one range, settings from ``os.environ``; the result."""
-    from xmatch_pipeline.orchestration.jobs import xmatch_microbatch
+    from xmatch_pipeline.orchestration.jobs import microbatch_run_config, xmatch_microbatch
     from xmatch_pipeline.orchestration.resources import XmatchResource
 
-    config = {
-        "topic": offset_range.topic,
-        "partition": offset_range.partition,
-        "start_offset": offset_range.start,
-        "end_offset": offset_range.end,
-    }
     return xmatch_microbatch.execute_in_process(
-        run_config={"ops": {"check_offset_range": {"config": config}}},
+        run_config=microbatch_run_config(offset_range),
         resources={"xmatch": XmatchResource()},
         raise_on_error=False,
     )

@@ -70,21 +70,10 @@ def _runner(settings: PipelineSettings, offset_range: OffsetRange) -> Callable[[
 def _job(_settings: PipelineSettings, offset_range: OffsetRange) -> Callable[[], dict[str, Any]]:
     from dagster import mem_io_manager
 
-    from xmatch_pipeline.orchestration.jobs import xmatch_microbatch
+    from xmatch_pipeline.orchestration.jobs import microbatch_run_config, xmatch_microbatch
     from xmatch_pipeline.orchestration.resources import XmatchResource
 
-    run_config = {
-        "ops": {
-            "check_offset_range": {
-                "config": {
-                    "topic": offset_range.topic,
-                    "partition": offset_range.partition,
-                    "start_offset": offset_range.start,
-                    "end_offset": offset_range.end,
-                }
-            }
-        }
-    }
+    run_config = microbatch_run_config(offset_range)
 
     def run() -> dict[str, Any]:
         result = xmatch_microbatch.execute_in_process(

@@ -9,6 +9,7 @@ batch between ops; each stage's time is reported in the run's metadata.
 """
 
 from collections.abc import Iterator
+from typing import Any
 
 from dagster import (
     AssetMaterialization,
@@ -43,6 +44,22 @@ class OffsetRangeConfig(Config):
 
     def offset_range(self) -> OffsetRange:
         return OffsetRange(self.topic, self.partition, self.start_offset, self.end_offset)
+
+
+def microbatch_run_config(offset_range: OffsetRange) -> dict[str, Any]:
+    """The run config of ``xmatch_microbatch`` over one range (sensor, launchpad, tests)."""
+    return {
+        "ops": {
+            "check_offset_range": {
+                "config": {
+                    "topic": offset_range.topic,
+                    "partition": offset_range.partition,
+                    "start_offset": offset_range.start,
+                    "end_offset": offset_range.end,
+                }
+            }
+        }
+    }
 
 
 class BackfillConfig(Config):

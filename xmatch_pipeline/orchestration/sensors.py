@@ -22,7 +22,11 @@ from dagster import (
 
 from xmatch_pipeline.orchestration import run_tags
 from xmatch_pipeline.orchestration.assets import INPUT_TOPICS
-from xmatch_pipeline.orchestration.jobs import xmatch_backfill, xmatch_microbatch
+from xmatch_pipeline.orchestration.jobs import (
+    microbatch_run_config,
+    xmatch_backfill,
+    xmatch_microbatch,
+)
 from xmatch_pipeline.orchestration.resources import XmatchResource
 from xmatch_pipeline.read.kafka_offsets import PartitionLag
 from xmatch_pipeline.run_planning import PartitionKey, PlannedRun, plan_runs
@@ -82,18 +86,7 @@ def run_request(planned: PlannedRun) -> RunRequest:
     offset_range = planned.offset_range
     return RunRequest(
         run_key=planned.run_key,
-        run_config={
-            "ops": {
-                "check_offset_range": {
-                    "config": {
-                        "topic": offset_range.topic,
-                        "partition": offset_range.partition,
-                        "start_offset": offset_range.start,
-                        "end_offset": offset_range.end,
-                    }
-                }
-            }
-        },
+        run_config=microbatch_run_config(offset_range),
         tags=run_tags.range_tags(offset_range, planned.attempt),
     )
 
