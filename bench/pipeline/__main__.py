@@ -40,7 +40,9 @@ class Plan:
     repeats: int
     large_repeats: int
     naive_sizes: tuple[int, ...]
+    naive_repeats_large: int
     runner_sizes: tuple[int, ...]
+    cold_sizes: tuple[int, ...]
     scaling_size: int
     scaling_repeats: int
     latency_seconds: float
@@ -54,16 +56,17 @@ class Plan:
 
 FULL = Plan(
     sizes=(1_000, 5_000, 20_000), large_size=50_000, repeats=3, large_repeats=3,
-    naive_sizes=(1_000, 5_000), runner_sizes=(1_000, 5_000), scaling_size=5_000,
+    naive_sizes=(1_000, 5_000, 50_000), naive_repeats_large=1, runner_sizes=(1_000, 5_000),
+    cold_sizes=(1_000, 5_000), scaling_size=5_000,
     scaling_repeats=2, latency_seconds=300, latency_rate=300, latency_partitions=2,
     variant_seconds=120, profile_size=5_000, memory_sizes=(5_000, 20_000, 50_000),
     memory_repeats=2,
 )  # fmt: skip
 QUICK = Plan(
-    sizes=(500,), large_size=2_000, repeats=1, large_repeats=1, naive_sizes=(500,),
-    runner_sizes=(500,), scaling_size=1_000, scaling_repeats=1, latency_seconds=45,
-    latency_rate=300, latency_partitions=2, variant_seconds=30, profile_size=None,
-    memory_sizes=(500, 2_000), memory_repeats=1,
+    sizes=(500,), large_size=2_000, repeats=1, large_repeats=1, naive_sizes=(500, 2_000),
+    naive_repeats_large=1, runner_sizes=(500,), cold_sizes=(500,), scaling_size=1_000,
+    scaling_repeats=1, latency_seconds=45, latency_rate=300, latency_partitions=2,
+    variant_seconds=30, profile_size=None, memory_sizes=(500, 2_000), memory_repeats=1,
 )  # fmt: skip
 
 
@@ -89,8 +92,11 @@ def _throughput(plan: Plan, surroundings: Surroundings) -> list[dict[str, Any]]:
             if repeat >= repeats:
                 continue
             methods = ["passthrough", "job"]
+            methods += ["job_cold"] if size in plan.cold_sizes else []
             methods += ["runner"] if size in plan.runner_sizes else []
-            methods += ["naive"] if size in plan.naive_sizes else []
+            # The naive way's large runs take minutes each: fewer repeats there.
+            naive_repeats = plan.naive_repeats_large if size == plan.large_size else repeats
+            methods += ["naive"] if size in plan.naive_sizes and repeat < naive_repeats else []
             for method in methods:
                 result = measure(method, surroundings, 0, size)
                 result |= {"size": size, "repeat": repeat}

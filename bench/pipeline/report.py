@@ -9,13 +9,15 @@ from typing import Any
 from bench.pipeline.stats import median, spread
 
 METHOD_LABELS = {
-    "job": "pipeline (`xmatch_microbatch` job, in process)",
-    "runner": "runner alone (`MicrobatchRunner.run`)",
+    "job": "pipeline (`xmatch_microbatch` job, warm process, as in a run worker)",
+    "job_cold": "pipeline, first run of a fresh process (a process per run)",
+    "runner": "runner alone (`MicrobatchRunner.run`, warm process)",
     "passthrough": "limit: pass-through (read + transactional produce + offsets)",
     "naive": "naive way (original's approach, one process)",
 }
 PLOT_STYLE = {
     "job": ("tab:blue", "o"),
+    "job_cold": ("tab:purple", "D"),
     "runner": ("tab:cyan", "s"),
     "passthrough": ("tab:green", "^"),
     "naive": ("tab:red", "v"),
@@ -50,7 +52,7 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
     grouped = _by_method_size(results)
     figure, axes = plt.subplots(figsize=(8, 5), dpi=110)
     alert_bytes = []
-    for method in ("passthrough", "job", "runner", "naive"):
+    for method in ("passthrough", "job", "job_cold", "runner", "naive"):
         sizes = sorted(size for m, size in grouped if m == method)
         if not sizes:
             continue
@@ -102,7 +104,7 @@ def _throughput_section(results: dict[str, Any]) -> list[str]:
         "|---:|---|---:|---:|---:|",
     ]
     for size in sizes:
-        for method in ("passthrough", "job", "runner", "naive"):
+        for method in ("passthrough", "job", "job_cold", "runner", "naive"):
             runs = grouped.get((method, size))
             if not runs:
                 continue
