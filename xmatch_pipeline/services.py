@@ -93,6 +93,9 @@ class PipelineServices:
 
     def __init__(self, settings: PipelineSettings) -> None:
         self.settings = settings
+        #: CDS sessions opened so far: a warm process opens one per concurrent request, not
+        #: one per run (a session whose exchange failed is closed and replaced).
+        self.cds_sessions_opened = 0
 
     @cached_property
     def kafka(self) -> KafkaClientConfig:
@@ -120,13 +123,11 @@ class PipelineServices:
     def crossmatch_engine(self) -> CrossmatchEngine:
         if self.settings.engine == "local":
             return LocalCrossmatchEngine(self.settings.local_catalog_directories)
-        cds = self.settings.cds
-        return CdsXmatchClient(
-            cds,
-            session_factory=lambda: SlotLimitedSession(
-                self.cds_request_slots, cds.deadline_seconds
-            ),
-        )
+        return CdsXmatchClient(self.settings.cds, session_factory=self._new_cds_session)
+
+    def _new_cds_session(self) -> SlotLimitedSession:
+        self.cds_sessions_opened += 1
+        return SlotLimitedSession(self.cds_request_slots, self.settings.cds.deadline_seconds)
 
     @cached_property
     def range_readers(self) -> KafkaReaderPool:
