@@ -120,7 +120,7 @@ def test_without_slots_the_same_clients_do_overlap(cds_server: CdsXmatchServer) 
         thread.start()
     for thread in threads:
         thread.join()
-    assert cds_server.stats().peak_in_flight == 3
+    assert cds_server.stats().peak_in_flight >= 2
 
 
 HOLDER = textwrap.dedent(

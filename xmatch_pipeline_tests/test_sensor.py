@@ -25,7 +25,6 @@ from dagster._core.utils import make_new_run_id
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from xmatch_pipeline.decode.avro_codec import decode_alert
 from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.orchestration import run_tags
 from xmatch_pipeline.orchestration.jobs import xmatch_backfill, xmatch_microbatch
@@ -33,6 +32,7 @@ from xmatch_pipeline.orchestration.sensors import run_request
 from xmatch_pipeline.run_planning import PlannedRun
 from xmatch_pipeline.store.range_ledger import RangeLedger
 from xmatch_pipeline.store.schema import ensure_schema
+from xmatch_pipeline_tests.failure_fixtures import read_candids
 from xmatch_pipeline_tests.pipeline_fixtures import (
     SmallStream,
     create_topics,
@@ -62,6 +62,14 @@ IN_PROCESS_ORIGIN = RemoteJobOrigin(
     "xmatch_microbatch",
 )
 DEAD_CDS_URL = "http://127.0.0.1:9/xmatch/api/v1/sync"
+#: CDS unreachable, and the run giving up on it at once.
+DEAD_CDS = {
+    "XMATCH_ENGINE": "cds",
+    "XMATCH_CDS_URL": DEAD_CDS_URL,
+    "XMATCH_CDS_CONNECT_TIMEOUT": "0.2",
+    "XMATCH_CDS_DEADLINE": "1",
+    "RETRIES": "0",
+}
 
 
 @pytest.fixture(scope="module")
@@ -197,11 +205,7 @@ def test_failed_range_is_retried_with_the_same_range_then_waits_for_an_operator(
         output,
         XMATCH_MAX_MESSAGES_PER_RUN="8",
         XMATCH_MAX_RUN_ATTEMPTS="2",
-        XMATCH_ENGINE="cds",
-        XMATCH_CDS_URL=DEAD_CDS_URL,
-        XMATCH_CDS_CONNECT_TIMEOUT="0.2",
-        XMATCH_CDS_DEADLINE="1",
-        RETRIES="0",
+        **DEAD_CDS,
     )
     harness.use(broken)
     harness.produce(topic, 0, 12)
@@ -427,9 +431,7 @@ def test_the_successor_of_a_run_in_flight_is_queued_behind_it_and_starts_where_i
     log = drive_sensor_and_jobs(instance)
     assert not log.failed_runs
     assert group_offsets(harness.bootstrap, environment["CONSUMER_GROUP_ID"], topic) == {0: 20}
-    candids = [
-        decode_alert(message.value).candid for message in read_committed(harness.bootstrap, output)
-    ]
+    candids = read_candids(harness.bootstrap, output)
     assert len(candids) == len(set(candids)) == 20
 
 
@@ -441,11 +443,7 @@ def test_a_successor_whose_predecessor_failed_does_nothing_and_the_failed_range_
         topic,
         output,
         XMATCH_MAX_MESSAGES_PER_RUN="8",
-        XMATCH_ENGINE="cds",
-        XMATCH_CDS_URL=DEAD_CDS_URL,
-        XMATCH_CDS_CONNECT_TIMEOUT="0.2",
-        XMATCH_CDS_DEADLINE="1",
-        RETRIES="0",
+        **DEAD_CDS,
     )
     harness.use(broken)
     group = broken["CONSUMER_GROUP_ID"]
@@ -494,7 +492,5 @@ def test_a_successor_whose_predecessor_failed_does_nothing_and_the_failed_range_
         f"{topic}[0]@[16,20)#attempt1",
     ]
     assert group_offsets(harness.bootstrap, group, topic) == {0: 20}
-    candids = [
-        decode_alert(message.value).candid for message in read_committed(harness.bootstrap, output)
-    ]
+    candids = read_candids(harness.bootstrap, output)
     assert len(candids) == len(set(candids)) == 20

@@ -20,7 +20,6 @@ from sqlalchemy.pool import NullPool
 
 from xmatch_pipeline.cds_server import CdsXmatchServer
 from xmatch_pipeline.cds_server.faults import Fault
-from xmatch_pipeline.decode.avro_codec import decode_alert
 from xmatch_pipeline.match.cds_client import CdsXmatchClient
 from xmatch_pipeline.match.local_index import LocalCrossmatchEngine
 from xmatch_pipeline.offset_range import OffsetRange
@@ -31,6 +30,7 @@ from xmatch_pipeline.services import PipelineServices
 from xmatch_pipeline.settings import load_settings
 from xmatch_pipeline.store.match_cache import StoredMatchCache
 from xmatch_pipeline.warm_services import MAX_KEPT_SETTINGS, kept_services, warm_services
+from xmatch_pipeline_tests.failure_fixtures import read_candids
 from xmatch_pipeline_tests.pipeline_fixtures import (
     execute_request,
     group_offsets,
@@ -134,9 +134,7 @@ def test_runs_in_one_process_reuse_the_clients_and_a_failed_run_leaves_nothing_b
     # The match cache is a query, not state carried from run to run.
     assert vars(StoredMatchCache(database)) == {"_engine": database}
 
-    candids = [
-        decode_alert(message.value).candid for message in read_committed(kafka_bootstrap, output)
-    ]
+    candids = read_candids(kafka_bootstrap, output)
     assert len(candids) == len(set(candids)) == 3 * RUN_SIZE
     assert group_offsets(kafka_bootstrap, environment["CONSUMER_GROUP_ID"], topic) == {
         0: 3 * RUN_SIZE

@@ -84,20 +84,25 @@ class RequestSlots:
             connection = self._database.connect().execution_options(isolation_level="AUTOCOMMIT")
         except DBAPIError as error:
             raise self._database_error(error) from error
-        released = False
         try:
             number = self._acquire(connection, max_wait_seconds)
-            try:
-                yield number
-            finally:
-                with suppress(SQLAlchemyError):
-                    released = bool(
-                        connection.execute(
-                            select(func.pg_advisory_unlock(self._keys[number]))
-                        ).scalar_one()
-                    )
+        except SlotWaitTimeoutError:
+            connection.close()  # it holds no slot: back to the pool
+            raise
+        except BaseException:
+            # An error between a lock taken and its answer read would leave a slot held.
+            connection.invalidate()
+            connection.close()
+            raise
+        may_hold_a_slot = True
+        try:
+            yield number
         finally:
-            if not released:
+            with suppress(SQLAlchemyError):
+                may_hold_a_slot = not connection.execute(
+                    select(func.pg_advisory_unlock(self._keys[number]))
+                ).scalar_one()
+            if may_hold_a_slot:
                 # Never pool a session that may still hold a slot: ending it frees the lock.
                 connection.invalidate()
             connection.close()
