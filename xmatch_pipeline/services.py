@@ -181,18 +181,26 @@ class PipelineServices:
             now=now,
         )
 
+    @cached_property
+    def metrics_producer(self) -> Producer | None:
+        """A plain producer, kept: it holds nothing of a run once each message is flushed."""
+        settings = self.settings
+        if settings.metrics_topic is None or settings.metrics_bootstrap_servers is None:
+            return None
+        config = kafka_client_config(
+            settings.metrics_bootstrap_servers, settings.metrics_credentials
+        )
+        return Producer(config.as_dict({"client.id": "xmatch-metrics"}))
+
     def send_metrics(self, report: MicrobatchReport) -> bool:
         """Send the original's metrics message when METRICS_TOPIC is set; never fail the run.
 
         It goes after the run's commit, so a lost metrics message loses nothing else.
         """
         settings = self.settings
-        if settings.metrics_topic is None or settings.metrics_bootstrap_servers is None:
+        producer = self.metrics_producer
+        if settings.metrics_topic is None or producer is None:
             return False
-        config = kafka_client_config(
-            settings.metrics_bootstrap_servers, settings.metrics_credentials
-        )
-        producer = Producer(config.as_dict({"client.id": "xmatch-metrics"}))
         failures: list[str] = []
         producer.produce(
             settings.metrics_topic,
@@ -215,6 +223,9 @@ class PipelineServices:
         built = self.__dict__
         if "range_readers" in built:
             self.range_readers.close()
+        producer = built.get("metrics_producer")
+        if producer is not None:
+            producer.flush(METRICS_DELIVERY_TIMEOUT_SECONDS)
         engine = built.get("crossmatch_engine")
         if isinstance(engine, CdsXmatchClient):
             engine.close()

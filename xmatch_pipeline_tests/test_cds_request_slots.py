@@ -107,6 +107,41 @@ def test_concurrent_clients_never_exceed_the_fleet_limit(
     assert stats == {"in_flight": 0, "peak_in_flight": limit}
 
 
+CLIENT_PROCESS = textwrap.dedent(
+    """
+    import sys
+    import pandas as pd
+    from sqlalchemy import create_engine
+    from xmatch_pipeline.match import allwise
+    from xmatch_pipeline.match.cds_client import CdsClientSettings, CdsXmatchClient
+    from xmatch_pipeline.match.cds_session import SlotLimitedSession
+    from xmatch_pipeline.store.request_slots import RequestSlots
+
+    database_url, service, url, limit = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    slots = RequestSlots(create_engine(database_url), service, limit)
+    client = CdsXmatchClient(
+        CdsClientSettings(url=url, chunk_rows=2, max_in_flight=limit),
+        session_factory=lambda: SlotLimitedSession(slots, 60),
+    )
+    positions = pd.DataFrame({"id": range(4), "ra": [20.0, 20.1, 20.2, 20.3], "dec": [1.0] * 4})
+    client.crossmatch(positions, allwise.ALLWISE_SPEC)
+    """
+)
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_concurrent_processes_never_exceed_the_fleet_limit(
+    limit: int, cds_server: CdsXmatchServer, database_url: str
+) -> None:
+    cds_server.set_faults([Fault("delay", times=None, seconds=SLOW_ANSWER_SECONDS)])
+    service = f"processes-{unique_group()}"
+    command = [sys.executable, "-c", CLIENT_PROCESS, database_url, service, cds_server.url]
+    processes = [subprocess.Popen([*command, str(limit)]) for _ in range(3)]
+    assert [process.wait(timeout=120) for process in processes] == [0, 0, 0]
+    assert len(cds_server.requests) == 6
+    assert cds_server.stats().peak_in_flight == limit
+
+
 def test_without_slots_the_same_clients_do_overlap(cds_server: CdsXmatchServer) -> None:
     """The control for the test above: the server does see parallel requests when nothing
     limits them across clients."""

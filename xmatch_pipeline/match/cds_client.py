@@ -166,7 +166,7 @@ class CdsXmatchClient:
         )
         try:
             futures = [
-                executor.submit(self._post_chunk_in_own_session, chunk, len(chunks), catalog)
+                executor.submit(self._post_chunk_in_lent_session, chunk, len(chunks), catalog)
                 for chunk in chunks
             ]
             for future in futures:
@@ -174,7 +174,7 @@ class CdsXmatchClient:
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
 
-    def _post_chunk_in_own_session(
+    def _post_chunk_in_lent_session(
         self, chunk: UploadChunk, chunk_count: int, catalog: CatalogSpec
     ) -> _ChunkAnswer:
         with self._lent_session() as session:
