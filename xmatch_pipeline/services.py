@@ -3,10 +3,11 @@
 The Dagster resources, the CLI and the tests all go through here, so a setting means the
 same thing everywhere. One process keeps one ``PipelineServices`` per settings for its
 whole life (``warm_services``): the database pool, the CDS sessions, the local index's
-partition cache, the offsets reader and idle range readers are reused by every run. What
-belongs to a run is built per run (the runner, its transactional producer, its
-partition lock) and nothing the kept clients hold is run state: connections go back to
-the pool at the end of every ``with`` block, a reader goes back only after a clean run.
+partition cache, the offsets reader, the metrics producer and idle range readers are
+reused by every run. What belongs to a run is built per run (the runner, its
+transactional producer, its partition lock) and nothing the kept clients hold is run
+state: connections go back to the pool at the end of every ``with`` block, a reader goes
+back only after a clean run.
 """
 
 from __future__ import annotations
