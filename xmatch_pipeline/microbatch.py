@@ -45,6 +45,7 @@ from xmatch_pipeline.publish.kafka_transaction import (
     transactional_id_for,
 )
 from xmatch_pipeline.read.kafka_range_reader import KafkaRangeReader, KafkaRecord
+from xmatch_pipeline.read.kafka_reader_pool import KafkaReaderPool
 from xmatch_pipeline.store.errors import StoreError
 from xmatch_pipeline.store.match_cache import StoredMatchCache
 from xmatch_pipeline.store.match_writer import (
@@ -200,10 +201,16 @@ class MicrobatchRunner:
         database: Engine,
         *,
         stage_hook: StageHook | None = None,
+        readers: KafkaReaderPool | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
         self.database = database
+        # A long-lived process passes its own pool so readers outlive runs; by default
+        # each run's reader is closed when the run ends.
+        self._readers = readers or KafkaReaderPool(
+            config.kafka, stall_timeout_seconds=config.stall_timeout_seconds, keep_idle=False
+        )
         self.ledger = RangeLedger(database, config.consumer_group_id)
         self._match_cache = StoredMatchCache(database) if config.use_match_cache else None
         self._stage_hook = stage_hook or (lambda stage: None)
@@ -253,6 +260,17 @@ class MicrobatchRunner:
             logger.exception("could not record the failure of %s in the ledger", offset_range)
 
     def _publisher(self, offset_range: OffsetRange, mode: RunMode) -> TransactionalPublisher:
+        """A new transactional producer for every run, never one kept from an earlier run.
+
+        Its ``init_transactions`` is what fences a dead predecessor and aborts the
+        transaction it left open, so it must run at the start of every run. A producer
+        kept in a worker could not redo it (librdkafka initializes once per producer), and
+        runs of one partition land on any worker: another worker's producer with the same
+        transactional id fences the kept one, which would learn it only at its commit and
+        fail the run. A new producer costs tens of milliseconds (docs/benchmarks.md); a
+        failed run's producer is closed here (aborting its open transaction) and, should
+        that abort fail, fenced by the next run's.
+        """
         transactional_id = (
             transactional_id_for(
                 self.config.consumer_group_id, offset_range.topic, offset_range.partition
@@ -269,10 +287,9 @@ class MicrobatchRunner:
         group_id = config.consumer_group_id
         if run.mode == "backfill":
             group_id = f"{group_id}.backfill"
-        reader = KafkaRangeReader(
-            config.kafka, group_id, stall_timeout_seconds=config.stall_timeout_seconds
-        )
+        reader = self._readers.take(group_id)
         publisher = self._publisher(run.offset_range, run.mode) if run.produce_output else None
+        ended_cleanly = False
         try:
             reader.check_readable(run.offset_range)
             if publisher is not None:
@@ -294,10 +311,11 @@ class MicrobatchRunner:
                     )
                 with _timed(run.report.seconds, "commit"):
                     self._commit(run, publisher, reader)
+            ended_cleanly = True
         finally:
             if publisher is not None:
                 publisher.close()
-            reader.close()
+            self._readers.release(reader, reusable=ended_cleanly)
 
     def _process_chunk(
         self,

@@ -1,15 +1,26 @@
 """Turn consumer-group lag into the next run per partition, or a stated reason to wait.
 
-One range per partition at a time, always starting at the group's committed offset: a
-partition's ranges commit in order, so a failed range is retried (the same ``[start, end)``,
-so its run key and its ledger row stay the same) until it succeeds or runs out of attempts,
-and then the partition waits for an operator; it never commits past a hole.
+A partition's ranges commit in order, each starting where the group's committed offset
+is, so a failed range is retried (the same ``[start, end)``, so its run key and its ledger
+row stay the same) until it succeeds or runs out of attempts, and then the partition
+waits for an operator; it never commits past a hole.
+
+Pipelined ranges: while a partition's run is queued or running, its successor (from the
+in-flight range's end) is planned and queued at once, so the queue's one-run-per-partition
+limit starts it the moment the current run ends instead of a sensor tick later. One
+successor at most: it covers everything up to the high watermark (up to the run size), so
+a second would only hold alerts the next tick catches anyway. The successor's own offset
+check keeps this safe: if its predecessor fails, the group is still at the predecessor's
+start, so the successor fails before doing anything; with nothing in flight again the
+next tick retries the failed range first, as without pipelining. While more than one run,
+or a run that is not the group's current one (a successor whose predecessor failed), is in
+flight, the partition waits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.read.kafka_offsets import PartitionLag
@@ -18,6 +29,9 @@ from xmatch_pipeline.store.range_ledger import LedgerEntry
 PartitionKey = tuple[str, int]
 LedgerLookup = Callable[[str, int, int], LedgerEntry | None]
 HeldCheck = Callable[[str, int], bool]
+#: The ranges of a partition's queued or running runs; None where the range is unknown
+#: (a backfill, a run launched without the range tags).
+InFlight = Sequence[OffsetRange | None]
 
 
 @dataclass(frozen=True)
@@ -66,19 +80,56 @@ def _retry(entry: LedgerEntry, max_attempts: int, why: str) -> PlannedRun | Part
     return PlannedRun(offset_range, entry.attempts + 1, f"retry: {why}")
 
 
+def planning_offset(lag: PartitionLag, in_flight: InFlight) -> int:
+    """Where the partition's next range starts: the group's offset, or, behind the one run
+    in flight, that run's end."""
+    if len(in_flight) == 1 and in_flight[0] is not None:
+        return in_flight[0].end
+    return lag.committed
+
+
+def _successor_wait(lag: PartitionLag, in_flight: InFlight) -> PartitionSkip | None:
+    """Why no successor can be queued behind the runs in flight, or None if one can."""
+    topic, partition = lag.topic, lag.partition
+    if len(in_flight) > 1:
+        return PartitionSkip(topic, partition, "a run and its successor are queued or running")
+    (current,) = in_flight
+    if current is None:
+        return PartitionSkip(
+            topic, partition, "a run over an unknown range (a backfill?) is queued or running"
+        )
+    if lag.committed not in (current.start, current.end):
+        # Its predecessor failed (the group did not reach its start): it will fail its
+        # offset check, and the failed range must be retried first.
+        return PartitionSkip(
+            topic,
+            partition,
+            f"{current} is queued or running but the group is at {lag.committed}: waiting "
+            "for it to end",
+        )
+    return None
+
+
 def plan_partition(
     lag: PartitionLag,
     entry: LedgerEntry | None,
     *,
-    run_in_flight: bool,
+    in_flight: InFlight = (),
     partition_held: bool,
     max_messages_per_run: int,
     max_attempts: int,
 ) -> PlannedRun | PartitionSkip | None:
-    """The next run of one partition, a reason to wait, or None when there is no lag."""
+    """The next run of one partition, a reason to wait, or None when there is no lag.
+
+    ``entry`` is the ledger entry starting at :func:`planning_offset`.
+    """
     topic, partition = lag.topic, lag.partition
-    if run_in_flight:
-        return PartitionSkip(topic, partition, "a run for this partition is queued or running")
+    if in_flight:
+        wait = _successor_wait(lag, in_flight)
+        if wait is not None:
+            return wait
+        # Plan as the partition will be once the run in flight commits.
+        lag = replace(lag, committed=planning_offset(lag, in_flight))
     if lag.offsets_deleted_unprocessed:
         return PartitionSkip(
             topic,
@@ -100,18 +151,23 @@ def plan_partition(
         # was lost (a crash between the two commits). Rerunning is safe and converges.
         return _retry(entry, max_attempts, "stored but its offsets were not committed")
     if lag.lag == 0:
+        if in_flight:
+            return PartitionSkip(
+                topic, partition, f"{in_flight[0]} is queued or running; no lag after it"
+            )
         return None
     end = min(lag.committed + max_messages_per_run, lag.high)
-    return PlannedRun(
-        OffsetRange(topic, partition, lag.committed, end), 1, f"lag {lag.lag} messages"
-    )
+    reason = f"lag {lag.lag} messages"
+    if in_flight:
+        reason += f", queued behind {in_flight[0]}"
+    return PlannedRun(OffsetRange(topic, partition, lag.committed, end), 1, reason)
 
 
 def plan_runs(
     lags: Sequence[PartitionLag],
     ledger_entry: LedgerLookup,
     partition_held: HeldCheck,
-    in_flight: Collection[PartitionKey],
+    in_flight: Mapping[PartitionKey, InFlight],
     *,
     max_messages_per_run: int,
     max_attempts: int,
@@ -121,13 +177,15 @@ def plan_runs(
     skips: list[PartitionSkip] = []
     for lag in lags:
         key = (lag.topic, lag.partition)
-        entry = ledger_entry(lag.topic, lag.partition, lag.committed)
-        if entry is None and lag.lag == 0:
+        running = in_flight.get(key, ())
+        start = planning_offset(lag, running)
+        entry = ledger_entry(lag.topic, lag.partition, start)
+        if entry is None and lag.high <= start and not running:
             continue
         decision = plan_partition(
             lag,
             entry,
-            run_in_flight=key in in_flight,
+            in_flight=running,
             partition_held=partition_held(*key) if entry is not None else False,
             max_messages_per_run=max_messages_per_run,
             max_attempts=max_attempts,

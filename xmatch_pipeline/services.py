@@ -1,7 +1,13 @@
 """Build the pipeline's long-lived clients from validated settings, in one place.
 
 The Dagster resources, the CLI and the tests all go through here, so a setting means the
-same thing everywhere.
+same thing everywhere. One process keeps one ``PipelineServices`` per settings for its
+whole life (``warm_services``): the database pool, the CDS sessions, the local index's
+partition cache, the offsets reader, the metrics producer and idle range readers are
+reused by every run. What belongs to a run is built per run (the runner, its
+transactional producer, its partition lock) and nothing the kept clients hold is run
+state: connections go back to the pool at the end of every ``with`` block, a reader goes
+back only after a clean run.
 """
 
 from __future__ import annotations
@@ -11,20 +17,24 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
+from urllib.parse import urlsplit
 
 from confluent_kafka import Producer
 from sqlalchemy import Engine, create_engine
 
 from xmatch_pipeline.kafka_config import KafkaClientConfig
 from xmatch_pipeline.match.cds_client import CdsXmatchClient
+from xmatch_pipeline.match.cds_session import SlotLimitedSession
 from xmatch_pipeline.match.engine import CrossmatchEngine
 from xmatch_pipeline.match.local_index import LocalCrossmatchEngine
 from xmatch_pipeline.microbatch import MicrobatchConfig, MicrobatchReport, MicrobatchRunner
 from xmatch_pipeline.read.kafka_offsets import KafkaOffsetsReader
+from xmatch_pipeline.read.kafka_reader_pool import KafkaReaderPool
 from xmatch_pipeline.read.topic_selection import select_topics
 from xmatch_pipeline.settings import KafkaCredentials, PipelineSettings
 from xmatch_pipeline.store.match_writer import StepRecord
 from xmatch_pipeline.store.range_ledger import RangeLedger
+from xmatch_pipeline.store.request_slots import RequestSlots
 from xmatch_pipeline.store.schema import ensure_schema
 
 logger = logging.getLogger(__name__)
@@ -84,6 +94,9 @@ class PipelineServices:
 
     def __init__(self, settings: PipelineSettings) -> None:
         self.settings = settings
+        #: CDS sessions opened so far: a warm process opens one per concurrent request, not
+        #: one per run (a session whose exchange failed is closed and replaced).
+        self.cds_sessions_opened = 0
 
     @cached_property
     def kafka(self) -> KafkaClientConfig:
@@ -102,10 +115,24 @@ class PipelineServices:
         return RangeLedger(self.database, self.settings.consumer_group_id)
 
     @cached_property
+    def cds_request_slots(self) -> RequestSlots:
+        """The fleet's ``XMATCH_CDS_MAX_IN_FLIGHT`` slots, per CDS host, in the database."""
+        cds = self.settings.cds
+        return RequestSlots(self.database, urlsplit(cds.url).netloc, cds.max_in_flight)
+
+    @cached_property
     def crossmatch_engine(self) -> CrossmatchEngine:
         if self.settings.engine == "local":
             return LocalCrossmatchEngine(self.settings.local_catalog_directories)
-        return CdsXmatchClient(self.settings.cds)
+        return CdsXmatchClient(self.settings.cds, session_factory=self._new_cds_session)
+
+    def _new_cds_session(self) -> SlotLimitedSession:
+        self.cds_sessions_opened += 1
+        return SlotLimitedSession(self.cds_request_slots, self.settings.cds.deadline_seconds)
+
+    @cached_property
+    def range_readers(self) -> KafkaReaderPool:
+        return KafkaReaderPool(self.kafka)
 
     @cached_property
     def offsets_reader(self) -> KafkaOffsetsReader:
@@ -136,7 +163,13 @@ class PipelineServices:
         )
 
     def runner(self) -> MicrobatchRunner:
-        return MicrobatchRunner(self.microbatch_config(), self.crossmatch_engine, self.database)
+        """A runner for one run (its step date is the run's), on the kept clients."""
+        return MicrobatchRunner(
+            self.microbatch_config(),
+            self.crossmatch_engine,
+            self.database,
+            readers=self.range_readers,
+        )
 
     def input_topics(self, now: datetime | None = None) -> list[str]:
         """The input topics that exist now (daily topics appear as nights begin)."""
@@ -149,18 +182,26 @@ class PipelineServices:
             now=now,
         )
 
+    @cached_property
+    def metrics_producer(self) -> Producer | None:
+        """A plain producer, kept: it holds nothing of a run once each message is flushed."""
+        settings = self.settings
+        if settings.metrics_topic is None or settings.metrics_bootstrap_servers is None:
+            return None
+        config = kafka_client_config(
+            settings.metrics_bootstrap_servers, settings.metrics_credentials
+        )
+        return Producer(config.as_dict({"client.id": "xmatch-metrics"}))
+
     def send_metrics(self, report: MicrobatchReport) -> bool:
         """Send the original's metrics message when METRICS_TOPIC is set; never fail the run.
 
         It goes after the run's commit, so a lost metrics message loses nothing else.
         """
         settings = self.settings
-        if settings.metrics_topic is None or settings.metrics_bootstrap_servers is None:
+        producer = self.metrics_producer
+        if settings.metrics_topic is None or producer is None:
             return False
-        config = kafka_client_config(
-            settings.metrics_bootstrap_servers, settings.metrics_credentials
-        )
-        producer = Producer(config.as_dict({"client.id": "xmatch-metrics"}))
         failures: list[str] = []
         producer.produce(
             settings.metrics_topic,
@@ -179,5 +220,15 @@ class PipelineServices:
         return True
 
     def dispose(self) -> None:
-        if "database" in self.__dict__:
+        """Close every client built so far (at process exit, or when evicted)."""
+        built = self.__dict__
+        if "range_readers" in built:
+            self.range_readers.close()
+        producer = built.get("metrics_producer")
+        if producer is not None:
+            producer.flush(METRICS_DELIVERY_TIMEOUT_SECONDS)
+        engine = built.get("crossmatch_engine")
+        if isinstance(engine, CdsXmatchClient):
+            engine.close()
+        if "database" in built:
             self.database.dispose()

@@ -18,7 +18,11 @@ from urllib.parse import quote
 
 from xmatch_pipeline.match import allwise
 from xmatch_pipeline.match.catalog_spec import CatalogSpec
-from xmatch_pipeline.match.cds_client import DEFAULT_CDS_XMATCH_URL, CdsClientSettings
+from xmatch_pipeline.match.cds_client import (
+    DEFAULT_CDS_XMATCH_URL,
+    MAX_REQUESTS_IN_FLIGHT,
+    CdsClientSettings,
+)
 from xmatch_pipeline.match.index_manifest import MANIFEST_FILE
 from xmatch_pipeline.publish.dead_letter import dead_letter_topic_for
 from xmatch_pipeline.read.topic_selection import topics_from_list
@@ -318,8 +322,19 @@ def load_settings(environment: Mapping[str, str]) -> PipelineSettings:
         reader.problems.append(f"XMATCH_CDS_URL={cds_url!r} must be an http(s):// URL")
         cds_url = DEFAULT_CDS_XMATCH_URL
     defaults = CdsClientSettings()
+    max_in_flight = reader.integer("XMATCH_CDS_MAX_IN_FLIGHT", defaults.max_in_flight, 1)
+    if max_in_flight > MAX_REQUESTS_IN_FLIGHT:
+        reader.problems.append(
+            f"XMATCH_CDS_MAX_IN_FLIGHT={max_in_flight} must be at most "
+            f"{MAX_REQUESTS_IN_FLIGHT}: CDS bans addresses that run more jobs in parallel "
+            "(it asks for one or two)"
+        )
+        max_in_flight = defaults.max_in_flight
     cds = CdsClientSettings(
         url=cds_url,
+        # One limit for the whole fleet (services.py holds it in the pipeline database);
+        # a run's own chunks may use as many requests at once.
+        max_in_flight=max_in_flight,
         chunk_rows=reader.integer("XMATCH_CDS_CHUNK_ROWS", defaults.chunk_rows, minimum=1),
         connect_timeout_seconds=reader.number(
             "XMATCH_CDS_CONNECT_TIMEOUT", defaults.connect_timeout_seconds, minimum=0.1

@@ -117,4 +117,5 @@ def cds_server(running_cds_server: CdsXmatchServer) -> CdsXmatchServer:
     """The module's ``cds-server`` with no faults and an empty request log."""
     running_cds_server.set_faults([])
     running_cds_server.clear_requests()
+    running_cds_server.reset_stats()
     return running_cds_server

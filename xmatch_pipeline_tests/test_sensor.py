@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunRequest
 from dagster._core.remote_origin import (
     InProcessCodeLocationOrigin,
     RemoteJobOrigin,
@@ -32,6 +32,7 @@ from xmatch_pipeline.orchestration.sensors import run_request
 from xmatch_pipeline.run_planning import PlannedRun
 from xmatch_pipeline.store.range_ledger import RangeLedger
 from xmatch_pipeline.store.schema import ensure_schema
+from xmatch_pipeline_tests.failure_fixtures import read_candids
 from xmatch_pipeline_tests.pipeline_fixtures import (
     SmallStream,
     create_topics,
@@ -61,6 +62,14 @@ IN_PROCESS_ORIGIN = RemoteJobOrigin(
     "xmatch_microbatch",
 )
 DEAD_CDS_URL = "http://127.0.0.1:9/xmatch/api/v1/sync"
+#: CDS unreachable, and the run giving up on it at once.
+DEAD_CDS = {
+    "XMATCH_ENGINE": "cds",
+    "XMATCH_CDS_URL": DEAD_CDS_URL,
+    "XMATCH_CDS_CONNECT_TIMEOUT": "0.2",
+    "XMATCH_CDS_DEADLINE": "1",
+    "RETRIES": "0",
+}
 
 
 @pytest.fixture(scope="module")
@@ -196,11 +205,7 @@ def test_failed_range_is_retried_with_the_same_range_then_waits_for_an_operator(
         output,
         XMATCH_MAX_MESSAGES_PER_RUN="8",
         XMATCH_MAX_RUN_ATTEMPTS="2",
-        XMATCH_ENGINE="cds",
-        XMATCH_CDS_URL=DEAD_CDS_URL,
-        XMATCH_CDS_CONNECT_TIMEOUT="0.2",
-        XMATCH_CDS_DEADLINE="1",
-        RETRIES="0",
+        **DEAD_CDS,
     )
     harness.use(broken)
     harness.produce(topic, 0, 12)
@@ -379,3 +384,113 @@ def test_daily_topic_formats_and_patterns_resolve_existing_topics(
         assert sorted(r.tags[run_tags.TOPIC] for r in result.run_requests or []) == patterned
     finally:
         delete_topics(harness.bootstrap, created)
+
+
+def _launched_as_daemon_would(instance: DagsterInstance, request: RunRequest) -> DagsterRun:
+    """Record a request as a started run, as the daemon leaves it while the run works."""
+    run = DagsterRun(
+        job_name=xmatch_microbatch.name,
+        run_id=make_new_run_id(),
+        run_config=request.run_config,
+        tags={**request.tags, run_tags.DAGSTER_RUN_KEY: request.run_key or ""},
+        status=DagsterRunStatus.STARTED,
+        remote_job_origin=IN_PROCESS_ORIGIN,
+    )
+    return instance.add_run(run)
+
+
+def test_the_successor_of_a_run_in_flight_is_queued_behind_it_and_starts_where_it_ends(
+    harness: Harness,
+) -> None:
+    topic, output = harness.new_topic("sensor-pipe"), harness.new_topic("sensor-pipe-out")
+    environment = harness.use(harness.environment(topic, output, XMATCH_MAX_MESSAGES_PER_RUN="8"))
+    harness.produce(topic, 0, 20)
+    instance = DagsterInstance.ephemeral()
+
+    (current,) = evaluate_sensor(instance, None).run_requests or []
+    assert current.run_key == f"{topic}[0]@[0,8)#attempt1"
+    in_flight = _launched_as_daemon_would(instance, current)
+
+    # While it works, its successor is planned from its end, with the same partition tag
+    # (the queue holds it until the current run ends) …
+    (successor,) = evaluate_sensor(instance, None).run_requests or []
+    assert successor.run_key == f"{topic}[0]@[8,16)#attempt1"
+    assert successor.tags[run_tags.PARTITION_KEY] == current.tags[run_tags.PARTITION_KEY]
+    # … and only one: with the successor queued too, nothing more is requested.
+    queued = _launched_as_daemon_would(instance, successor)
+    idle = evaluate_sensor(instance, None)
+    assert not idle.run_requests
+    assert "a run and its successor are queued or running" in _skip_message(idle)
+
+    # The queue runs them in order; each passes its offset check.
+    assert execute_request(instance, current).success
+    instance.delete_run(in_flight.run_id)
+    assert execute_request(instance, successor).success
+    instance.delete_run(queued.run_id)
+    assert group_offsets(harness.bootstrap, environment["CONSUMER_GROUP_ID"], topic) == {0: 16}
+    log = drive_sensor_and_jobs(instance)
+    assert not log.failed_runs
+    assert group_offsets(harness.bootstrap, environment["CONSUMER_GROUP_ID"], topic) == {0: 20}
+    candids = read_candids(harness.bootstrap, output)
+    assert len(candids) == len(set(candids)) == 20
+
+
+def test_a_successor_whose_predecessor_failed_does_nothing_and_the_failed_range_comes_first(
+    harness: Harness,
+) -> None:
+    topic, output = harness.new_topic("sensor-pipe-fail"), harness.new_topic("sensor-pf-out")
+    broken = harness.environment(
+        topic,
+        output,
+        XMATCH_MAX_MESSAGES_PER_RUN="8",
+        **DEAD_CDS,
+    )
+    harness.use(broken)
+    group = broken["CONSUMER_GROUP_ID"]
+    harness.produce(topic, 0, 20)
+    instance = DagsterInstance.ephemeral()
+    (current,) = evaluate_sensor(instance, None).run_requests or []
+    in_flight = _launched_as_daemon_would(instance, current)
+    (successor,) = evaluate_sensor(instance, None).run_requests or []
+    assert successor.run_key == f"{topic}[0]@[8,16)#attempt1"
+    queued = _launched_as_daemon_would(instance, successor)
+
+    # The predecessor fails (CDS down) …
+    assert not execute_request(instance, current).success
+    instance.report_run_failed(instance.get_run_by_id(in_flight.run_id))  # type: ignore[arg-type]
+    # … while its successor is still queued, the sensor plans nothing past it.
+    waiting = evaluate_sensor(instance, None)
+    assert not waiting.run_requests
+    assert "the group is at 0: waiting for it to end" in _skip_message(waiting)
+
+    # The successor then starts and fails its offset check, without any effect: no
+    # output, no dead letter, no offsets, no ledger entry, no rows.
+    refused = execute_request(instance, successor)
+    assert not refused.success
+    failure = str(refused.get_step_failure_events()[0].event_specific_data)
+    assert "not at the range's start 8" in failure
+    instance.report_run_failed(instance.get_run_by_id(queued.run_id))  # type: ignore[arg-type]
+    assert read_committed(harness.bootstrap, output) == []
+    assert read_committed(harness.bootstrap, f"{output}.dlq") == []
+    assert group_offsets(harness.bootstrap, group, topic) == {0: None}
+    assert query(
+        harness.database_url,
+        "SELECT start_offset, end_offset, status FROM offset_range_ledger WHERE topic = :t",
+        t=topic,
+    ) == [(0, 8, "failed")]
+
+    # The retry policy redoes the failed range first: never the successor's, never a rewind.
+    (retry,) = evaluate_sensor(instance, None).run_requests or []
+    assert retry.run_key == f"{topic}[0]@[0,8)#attempt2"
+    harness.use(broken | {"XMATCH_ENGINE": "local", "XMATCH_CDS_URL": ""})
+    assert execute_request(instance, retry).success
+    log = drive_sensor_and_jobs(instance)
+    assert not log.failed_runs
+    # The successor's range runs again under a fresh key (its first one was used).
+    assert [r.run_key for t in log.ticks for r in t.launched] == [
+        f"{topic}[0]@[8,16)#attempt2",
+        f"{topic}[0]@[16,20)#attempt1",
+    ]
+    assert group_offsets(harness.bootstrap, group, topic) == {0: 20}
+    candids = read_candids(harness.bootstrap, output)
+    assert len(candids) == len(set(candids)) == 20

@@ -89,6 +89,8 @@ def test_every_missing_variable_is_named_in_one_error(monkeypatch: pytest.Monkey
         ("XMATCH_ENGINE", "vizier", "XMATCH_ENGINE='vizier' must be 'cds' or 'local'"),
         ("XMATCH_ENGINE", "local", "XMATCH_ENGINE=local needs an index for every catalog"),
         ("XMATCH_CDS_URL", "cdsxmatch.example", "must be an http(s):// URL"),
+        ("XMATCH_CDS_MAX_IN_FLIGHT", "0", "XMATCH_CDS_MAX_IN_FLIGHT=0 must be at least 1"),
+        ("XMATCH_CDS_MAX_IN_FLIGHT", "9", "must be at most 4: CDS bans addresses"),
         ("XMATCH_SENSOR_INTERVAL_SECONDS", "1", "must be at least 5"),
         ("XMATCH_MAX_RUN_ATTEMPTS", "0", "XMATCH_MAX_RUN_ATTEMPTS=0 must be at least 1"),
         ("XMATCH_LOCAL_CATALOGS", "allwise", "must look like NAME=DIRECTORY"),

@@ -8,6 +8,9 @@ uploaded) and how the pipeline runs offline. Endpoints:
   queue; ``GET /_faults`` shows what is left; ``DELETE /_faults`` clears it.
 - ``GET /_requests``: the request log (fields, upload size and SHA-256, fault, status);
   ``DELETE /_requests`` clears it.
+- ``GET /_stats``: sync requests being answered now (``in_flight``) and the most ever
+  answered at once (``peak_in_flight``), so a test can check a fleet's limit on
+  parallel CDS jobs; ``DELETE /_stats`` resets the peak to the current count.
 """
 
 from __future__ import annotations
@@ -78,6 +81,17 @@ class RecordedRequest:
         }
 
 
+@dataclass(frozen=True)
+class ConcurrencyStats:
+    """Sync requests being answered now, and the most answered at once since the reset."""
+
+    in_flight: int
+    peak_in_flight: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight}
+
+
 class CdsXmatchServer:
     """The server; ``start()`` runs it in a background thread, ``stop()`` ends it.
 
@@ -96,6 +110,8 @@ class CdsXmatchServer:
         self.faults = FaultQueue(faults)
         self._log: list[RecordedRequest] = []
         self._log_lock = Lock()
+        self._in_flight = 0
+        self._peak_in_flight = 0
         self._http = ThreadingHTTPServer((host, port), _handler_class(self))
         self._http.daemon_threads = True
         self._thread: Thread | None = None
@@ -148,6 +164,24 @@ class CdsXmatchServer:
     def clear_requests(self) -> None:
         with self._log_lock:
             self._log.clear()
+
+    def stats(self) -> ConcurrencyStats:
+        with self._log_lock:
+            return ConcurrencyStats(self._in_flight, self._peak_in_flight)
+
+    def reset_stats(self) -> None:
+        """Forget the peak (requests still being answered keep counting)."""
+        with self._log_lock:
+            self._peak_in_flight = self._in_flight
+
+    def _enter_sync(self) -> None:
+        with self._log_lock:
+            self._in_flight += 1
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+
+    def _leave_sync(self) -> None:
+        with self._log_lock:
+            self._in_flight -= 1
 
     def _record_arrival(
         self, fields: dict[str, str], upload: bytes | None, fault: str | None
@@ -211,6 +245,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, self.owner.faults.pending())
         elif path == "/_requests":
             self._send_json(200, [record.to_json() for record in self.owner.requests])
+        elif path == "/_stats":
+            self._send_json(200, self.owner.stats().to_json())
         elif path.endswith("/sync"):
             self._sync(b"")
         else:
@@ -224,6 +260,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/_requests":
             self.owner.clear_requests()
             self._send_json(200, [])
+        elif path == "/_stats":
+            self.owner.reset_stats()
+            self._send_json(200, self.owner.stats().to_json())
         else:
             self._send(404, b"not found\n", "text/plain")
 
@@ -254,6 +293,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, self.owner.faults.pending())
 
     def _sync(self, body: bytes) -> None:
+        self.owner._enter_sync()
+        try:
+            self._answer_sync(body)
+        finally:
+            self.owner._leave_sync()
+
+    def _answer_sync(self, body: bytes) -> None:
         try:
             form = parse_form(self.headers.get("Content-Type", ""), body, urlsplit(self.path).query)
         except ProtocolError as error:

@@ -14,10 +14,12 @@ This research made use of the cross-match service provided by CDS, Strasbourg.
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,6 +142,7 @@ class CdsXmatchClient:
         self._sleep = sleep
         self._clock = clock
         self._jitter = jitter or random.Random()
+        self._idle_sessions: queue.SimpleQueue[requests.Session] = queue.SimpleQueue()
 
     def crossmatch(self, positions: pd.DataFrame, catalog: CatalogSpec) -> pd.DataFrame:
         """Matches of ``positions`` in ``catalog``, shaped as ``match.engine`` documents."""
@@ -154,7 +157,7 @@ class CdsXmatchClient:
 
     def _post_all(self, chunks: list[UploadChunk], catalog: CatalogSpec) -> Iterator[_ChunkAnswer]:
         if self.settings.max_in_flight == 1 or len(chunks) <= 1:
-            with self._session_factory() as session:
+            with self._lent_session() as session:
                 for chunk in chunks:
                     yield self._post_chunk(session, chunk, len(chunks), catalog)
             return
@@ -163,7 +166,7 @@ class CdsXmatchClient:
         )
         try:
             futures = [
-                executor.submit(self._post_chunk_in_own_session, chunk, len(chunks), catalog)
+                executor.submit(self._post_chunk_in_lent_session, chunk, len(chunks), catalog)
                 for chunk in chunks
             ]
             for future in futures:
@@ -171,11 +174,34 @@ class CdsXmatchClient:
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
 
-    def _post_chunk_in_own_session(
+    def _post_chunk_in_lent_session(
         self, chunk: UploadChunk, chunk_count: int, catalog: CatalogSpec
     ) -> _ChunkAnswer:
-        with self._session_factory() as session:
+        with self._lent_session() as session:
             return self._post_chunk(session, chunk, chunk_count, catalog)
+
+    @contextmanager
+    def _lent_session(self) -> Iterator[requests.Session]:
+        """A session kept for the client's life (its connections stay open between runs);
+        one per concurrent caller, since a ``requests.Session`` is not thread-safe."""
+        try:
+            session = self._idle_sessions.get_nowait()
+        except queue.Empty:
+            session = self._session_factory()
+        try:
+            yield session
+        except BaseException:
+            session.close()  # whatever state a failed exchange left, it ends here
+            raise
+        self._idle_sessions.put(session)
+
+    def close(self) -> None:
+        """Close the kept sessions and their connections."""
+        while True:
+            try:
+                self._idle_sessions.get_nowait().close()
+            except queue.Empty:
+                return
 
     def _post_chunk(
         self,

@@ -74,6 +74,11 @@ class LocalCatalogIndex:
         return self.manifest.name
 
     @property
+    def cache(self) -> PartitionCache:
+        """The loaded partitions, kept for the index's life (warm across runs)."""
+        return self._cache
+
+    @property
     def columns(self) -> tuple[str, ...]:
         return self.manifest.columns
 

@@ -95,24 +95,32 @@ def check_offset_range(
     """Validate the range and note the group's lag before the run."""
     offset_range = config.offset_range()
     lag = _partition_lag(context, xmatch, offset_range)
-    if lag is not None:
-        context.log.info(
-            f"{offset_range}: group at {lag.committed}, high watermark {lag.high}, lag {lag.lag}"
+    if lag is None:
+        # A queued successor starts the moment its predecessor ends; were the check skipped
+        # when Kafka cannot say where the group is, a predecessor that died with its offsets
+        # pending would be skipped over.
+        raise Failure(
+            f"{offset_range}: cannot read where the consumer group is, so cannot check that "
+            "it is at the range's start; not starting (nothing was done): check the broker, "
+            "the sensor requests the range again"
         )
-        if lag.committed != offset_range.start:
-            # A live run commits the group to the range's end: from anywhere else that
-            # would output later alerts twice (behind) or skip offsets (ahead).
-            effect = (
-                "output every alert after it a second time"
-                if lag.committed > offset_range.start
-                else f"skip offsets [{lag.committed}, {offset_range.start})"
-            )
-            raise Failure(
-                f"{offset_range}: the consumer group is at offset {lag.committed}, not at the "
-                f"range's start {offset_range.start}; a live run would move it to "
-                f"{offset_range.end} and {effect}. Reprocess a processed range with "
-                "xmatch_backfill; a live range starts where the group is."
-            )
+    context.log.info(
+        f"{offset_range}: group at {lag.committed}, high watermark {lag.high}, lag {lag.lag}"
+    )
+    if lag.committed != offset_range.start:
+        # A live run commits the group to the range's end: from anywhere else that
+        # would output later alerts twice (behind) or skip offsets (ahead).
+        effect = (
+            "output every alert after it a second time"
+            if lag.committed > offset_range.start
+            else f"skip offsets [{lag.committed}, {offset_range.start})"
+        )
+        raise Failure(
+            f"{offset_range}: the consumer group is at offset {lag.committed}, not at the "
+            f"range's start {offset_range.start}; a live run would move it to "
+            f"{offset_range.end} and {effect}. Reprocess a processed range with "
+            "xmatch_backfill; a live range starts where the group is."
+        )
     yield Output(offset_range, metadata=lag_metadata("before", lag))
 
 

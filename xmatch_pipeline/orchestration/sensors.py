@@ -1,5 +1,7 @@
 """``kafka_lag_sensor``: reads offsets (never messages) and requests one run per lagging
-partition. The planning rules are in ``xmatch_pipeline.run_planning``."""
+partition, and while a partition's run is in flight, its successor (queued behind it by
+the one-run-per-partition limit). The planning rules are in
+``xmatch_pipeline.run_planning``."""
 
 import json
 from collections.abc import Mapping
@@ -20,6 +22,7 @@ from dagster import (
     sensor,
 )
 
+from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.orchestration import run_tags
 from xmatch_pipeline.orchestration.assets import INPUT_TOPICS
 from xmatch_pipeline.orchestration.jobs import (
@@ -50,10 +53,23 @@ def _backfill_partitions(run_config: Mapping[str, Any]) -> set[PartitionKey]:
     }
 
 
-def partitions_in_flight(instance: DagsterInstance) -> set[PartitionKey]:
-    """Partitions with a queued or running run of either job: live runs by their tags,
-    backfills by the ranges in their config."""
-    busy: set[PartitionKey] = set()
+def _tagged_range(tags: Mapping[str, str]) -> OffsetRange | None:
+    """A live run's range from its tags (every run the sensor requests has them)."""
+    try:
+        return OffsetRange(
+            tags[run_tags.TOPIC],
+            int(tags[run_tags.PARTITION]),
+            int(tags[run_tags.START_OFFSET]),
+            int(tags[run_tags.END_OFFSET]),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+def runs_in_flight(instance: DagsterInstance) -> dict[PartitionKey, list[OffsetRange | None]]:
+    """The ranges of every queued or running run per partition: live runs by their tags,
+    backfills (ranges unknown to the planner: None) by the ranges in their config."""
+    in_flight: dict[PartitionKey, list[OffsetRange | None]] = {}
     for job_name in (xmatch_microbatch.name, xmatch_backfill.name):
         runs = instance.get_runs(
             filters=RunsFilter(job_name=job_name, statuses=UNFINISHED_STATUSES)
@@ -61,10 +77,14 @@ def partitions_in_flight(instance: DagsterInstance) -> set[PartitionKey]:
         for run in runs:
             topic, partition = run.tags.get(run_tags.TOPIC), run.tags.get(run_tags.PARTITION)
             if topic is not None and partition is not None:
-                busy.add((topic, int(partition)))
+                key = (topic, int(partition))
+                in_flight.setdefault(key, []).append(
+                    _tagged_range(run.tags) if job_name == xmatch_microbatch.name else None
+                )
             if job_name == xmatch_backfill.name:
-                busy |= _backfill_partitions(run.run_config)
-    return busy
+                for key in _backfill_partitions(run.run_config):
+                    in_flight.setdefault(key, []).append(None)
+    return in_flight
 
 
 def with_unused_run_key(instance: DagsterInstance, planned: PlannedRun) -> PlannedRun:
@@ -130,7 +150,7 @@ def evaluate_lag(context: SensorEvaluationContext, xmatch: XmatchResource) -> Se
         lags,
         ledger.entry_starting_at,
         ledger.is_partition_held,
-        partitions_in_flight(context.instance),
+        runs_in_flight(context.instance),
         max_messages_per_run=settings.max_messages_per_run,
         max_attempts=settings.max_run_attempts,
     )
