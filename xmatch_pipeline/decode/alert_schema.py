@@ -19,6 +19,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from xmatch_pipeline.decode.container import sync_marker_for
 from xmatch_pipeline.decode.errors import AlertDecodeError
+from xmatch_pipeline.decode.reader_projection import header_reader_schema
 
 MAX_CACHED_SCHEMAS = 64
 """Distinct writer schemas kept parsed; a stream has one or two, a replay of history a few."""
@@ -36,8 +37,9 @@ class AlertSchema:
     version: str | None
     not_ztf_reason: str | None = field(repr=False)
     sync_marker: bytes = field(repr=False)
-    #: Reader schema of the fields the pipeline routes on (``header_reader_schema``), parsed;
-    #: None when the schema is not a ZTF alert's.
+    #: Reader schema of the header-only decode (``reader_projection``): the fields the
+    #: pipeline routes on and every string, enum and map, parsed; None when the schema is
+    #: not a ZTF alert's.
     header_reader: dict[str, Any] | None = field(default=None, repr=False)
 
     def __reduce__(self) -> tuple[Any, tuple[bytes]]:
@@ -68,32 +70,6 @@ def _ztf_shape_problem(document: Any) -> str | None:
     if fields["candid"] != "long":
         return "not a ZTF alert: 'candid' is not a long"
     return None
-
-
-HEADER_FIELDS = ("schemavsn", "objectId", "candid")
-
-
-def header_reader_schema(document: dict[str, Any]) -> dict[str, Any]:
-    """A reader schema with only ``schemavsn, objectId, candid, candidate.{ra, dec}``.
-
-    Resolving the writer schema against it still walks every byte of the alert (so bad
-    data is still caught) but skips building the history and cutouts as Python objects,
-    which halves the decode time; the whole record is decoded later only if needed.
-    Record names and namespaces are copied so that Avro's resolution matches them.
-    """
-    fields = {entry["name"]: entry for entry in document["fields"]}
-    candidate = fields["candidate"]["type"]
-    reader_candidate: dict[str, Any] = {
-        key: candidate[key] for key in ("type", "name", "namespace") if key in candidate
-    }
-    reader_candidate["fields"] = [{"name": name, "type": "double"} for name in ("ra", "dec")]
-    reader: dict[str, Any] = {
-        key: document[key] for key in ("type", "name", "namespace") if key in document
-    }
-    reader["fields"] = [{"name": name, "type": fields[name]["type"]} for name in HEADER_FIELDS] + [
-        {"name": "candidate", "type": reader_candidate}
-    ]
-    return reader
 
 
 def _build(text: bytes) -> AlertSchema:
