@@ -247,12 +247,19 @@ def small_stream(shared_data_dir: Path, work_dir: Path, count: int = 60) -> Smal
 # --- Kafka ----------------------------------------------------------------------------
 
 
-def create_topics(bootstrap: str, names: Sequence[str], partitions: int = 1) -> None:
-    """Create ``names`` and wait until the broker's metadata shows them with leaders (a topic
-    reaches the metadata a moment after it is created)."""
+def create_topics(
+    bootstrap: str,
+    names: Sequence[str],
+    partitions: int = 1,
+    config: Mapping[str, str] | None = None,
+) -> None:
+    """Create ``names`` (with topic ``config``, e.g. ``max.message.bytes``) and wait until the
+    broker's metadata shows them with leaders (a topic reaches the metadata a moment after
+    it is created)."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics(
-        [NewTopic(name, partitions, 1) for name in names], operation_timeout=30
+        [NewTopic(name, partitions, 1, config=dict(config or {})) for name in names],
+        operation_timeout=30,
     )
     for future in futures.values():
         future.result(timeout=30)
@@ -274,10 +281,15 @@ def _has_leaders(admin: Any, topic: str, partitions: int) -> bool:
     )
 
 
-def create_topic(bootstrap: str, prefix: str = "test", partitions: int = 1) -> str:
+def create_topic(
+    bootstrap: str,
+    prefix: str = "test",
+    partitions: int = 1,
+    config: Mapping[str, str] | None = None,
+) -> str:
     """A new topic with a unique name, so that tests never see each other's messages."""
     name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-    create_topics(bootstrap, [name], partitions)
+    create_topics(bootstrap, [name], partitions, config)
     return name
 
 
@@ -291,12 +303,19 @@ def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
 def produce_values(
     bootstrap: str,
     topic: str,
-    messages: Sequence[tuple[str | None, bytes]],
+    messages: Sequence[tuple[str | None, bytes | None]],
     *,
     partitions: int = 1,
 ) -> None:
-    """Produce ``(key, value)`` pairs round-robin over ``partitions``, bytes unchanged."""
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    """Produce ``(key, value)`` pairs round-robin over ``partitions``, bytes unchanged (a
+    ``None`` value is a tombstone); up to the broker's default limit of 1,048,588 bytes."""
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "message.max.bytes": 1_048_588,
+        }
+    )
     failures: list[str] = []
 
     def delivered(error: KafkaError | None, _message: Any) -> None:
@@ -341,6 +360,8 @@ class ReceivedMessage:
     key: bytes | None
     value: bytes
     headers: dict[str, bytes]
+    #: The value was null (``value`` is then ``b""``).
+    tombstone: bool = False
 
 
 def verifying_consumer(
@@ -410,6 +431,7 @@ def read_committed(
                         key=message.key(),
                         value=message.value() or b"",
                         headers={k: v for k, v in pairs if isinstance(v, bytes)},
+                        tombstone=message.value() is None,
                     )
                 )
         return received
