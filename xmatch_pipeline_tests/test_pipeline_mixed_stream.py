@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from xmatch_pipeline.decode import decode_alert, encode_alert, schema_from_text
+from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.run_planning import plan_runs
 from xmatch_pipeline.services import PipelineServices
 from xmatch_pipeline.settings import load_settings
@@ -177,7 +178,7 @@ def test_ten_thousand_mixed_messages_come_out_exactly_once_and_nothing_waits(
     runner = services.runner()
     settings = services.settings
 
-    ran = []
+    ran: list[OffsetRange] = []
     try:
         for _ in range(20):  # sensor ticks
             plan = plan_runs(
