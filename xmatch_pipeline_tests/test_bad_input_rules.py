@@ -3,15 +3,26 @@ offset precondition, and what the header-only decode checks in the fields it ski
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import random
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import pytest
 
 from xmatch_pipeline.bad_input import PositionOffSkyError, sky_position
-from xmatch_pipeline.decode import AlertDecodeError, decode_alert, encode_alert, schema_from_text
+from xmatch_pipeline.decode import (
+    AlertDecodeError,
+    AlertSchema,
+    decode_alert,
+    encode_alert,
+    schema_from_text,
+)
+from xmatch_pipeline.decode.container import read_container
+from xmatch_pipeline.decode.record_scan import ScanError
 from xmatch_pipeline.decode.schema_text import with_last_field
 from xmatch_pipeline.offset_precondition import group_start_problem
 from xmatch_pipeline.offset_range import OffsetRange
@@ -261,3 +272,84 @@ def test_header_only_decoding_refuses_invalid_utf8_in_a_real_alerts_skipped_fiel
         broken = _replace_last(data, skipped, b"\xff" + skipped[1:])
         with pytest.raises(AlertDecodeError, match="UnicodeDecodeError"):
             decode_alert(broken, header_only=True)
+
+
+# --- the header scan against a full read ---------------------------------------------------
+
+
+def _full_read(payload: bytes, schema: AlertSchema) -> dict[str, Any] | None:
+    """fastavro's full read, or None where it refuses the bytes (or leaves some over)."""
+    buffer = io.BytesIO(payload)
+    try:
+        record = fastavro.schemaless_reader(buffer, schema.parsed, None)
+    except Exception:  # fastavro signals bad data with many exception types
+        return None
+    return record if isinstance(record, dict) and buffer.tell() == len(payload) else None
+
+
+def test_what_the_header_scan_accepts_a_full_read_accepts_with_the_same_header(
+    ztf_alert_files: list[Path],
+) -> None:
+    """Random damage to real alerts: the scan never lets through what a full read refuses."""
+    rng = random.Random(20201)
+    refused_by_both = 0
+    for path in ztf_alert_files[::20]:
+        container = read_container(path.read_bytes())
+        schema = schema_from_text(container.schema_text)
+        assert schema.header_scanner is not None
+        payload = bytes(container.blocks[0].payload)
+        for _ in range(200):
+            damaged = bytearray(payload)
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+            if rng.random() < 0.2:
+                del damaged[rng.randrange(len(damaged))]
+            try:
+                header = schema.header_scanner(bytes(damaged))
+            except (ScanError, UnicodeDecodeError):
+                refused_by_both += _full_read(bytes(damaged), schema) is None
+                continue
+            full = _full_read(bytes(damaged), schema)
+            assert full is not None, "the scan accepted bytes a full read refuses"
+            assert (header["objectId"], header["candid"]) == (full["objectId"], full["candid"])
+            assert header["candidate"]["ra"] == full["candidate"]["ra"] or math.isnan(
+                header["candidate"]["ra"]
+            )
+    assert refused_by_both > 50  # the damage did reach the checks
+
+
+def test_the_header_scan_refuses_a_negative_union_index_that_fastavro_wraps() -> None:
+    """fastavro reads union index -1 as the last branch; Avro readers such as Java's refuse it."""
+    value = _container(_small_alert_schema([]), _RECORD)
+    # The record ends with note = "ok": union index 1 (0x02), length 2 (0x04), "ok"; then
+    # the 16-byte sync marker.
+    assert value[-20:-16] == b"\x02\x04ok"
+    broken = value[:-20] + b"\x01" + value[-19:]  # index zig-zag -1
+    assert decode_alert(broken).record["candidate"]["note"] == "ok"  # fastavro wraps it
+    with pytest.raises(AlertDecodeError, match="union index -1"):
+        decode_alert(broken, header_only=True)
+
+
+def test_a_schema_the_scan_cannot_compile_falls_back_to_the_validating_read() -> None:
+    recursive = _small_alert_schema(
+        [
+            {
+                "name": "tree",
+                "type": {
+                    "type": "record",
+                    "name": "node",
+                    "fields": [
+                        {"name": "label", "type": "string"},
+                        {"name": "children", "type": {"type": "array", "items": "node"}},
+                    ],
+                },
+            }
+        ]
+    )
+    record = _RECORD | {
+        "tree": {"label": "root", "children": [{"label": "Kulkarni", "children": []}]}
+    }
+    value = _container(recursive, record)
+    assert schema_from_text(json.dumps(recursive).encode()).header_scanner is None
+    assert decode_alert(value, header_only=True).candid == 1
+    with pytest.raises(AlertDecodeError, match="UnicodeDecodeError"):
+        decode_alert(_replace_last(value, b"Kulkarni", b"Kulk\xffrni"), header_only=True)

@@ -20,6 +20,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from xmatch_pipeline.decode.container import sync_marker_for
 from xmatch_pipeline.decode.errors import AlertDecodeError
 from xmatch_pipeline.decode.reader_projection import header_reader_schema
+from xmatch_pipeline.decode.record_scan import Scanner, compile_scanner
 
 MAX_CACHED_SCHEMAS = 64
 """Distinct writer schemas kept parsed; a stream has one or two, a replay of history a few."""
@@ -41,6 +42,9 @@ class AlertSchema:
     #: pipeline routes on and every string, enum and map, parsed; None when the schema is
     #: not a ZTF alert's.
     header_reader: dict[str, Any] | None = field(default=None, repr=False)
+    #: The header-only decode's fast path (``record_scan``); None where the schema needs
+    #: the projected read.
+    header_scanner: Scanner | None = field(default=None, repr=False)
 
     def __reduce__(self) -> tuple[Any, tuple[bytes]]:
         """Pickle as the text alone: unpickling goes through the cache, never re-parses twice."""
@@ -89,9 +93,11 @@ def _build(text: bytes) -> AlertSchema:
     version = document.get("version") if isinstance(document, dict) else None
     not_ztf_reason = _ztf_shape_problem(document)
     header_reader = None
+    header_scanner = None
     if not_ztf_reason is None:
         reader = fastavro.parse_schema(header_reader_schema(document), named_schemas={})
         header_reader = reader if isinstance(reader, dict) else None
+        header_scanner = compile_scanner(document)
     return AlertSchema(
         text=bytes(text),
         parsed=parsed,
@@ -100,6 +106,7 @@ def _build(text: bytes) -> AlertSchema:
         not_ztf_reason=not_ztf_reason,
         sync_marker=sync_marker_for(bytes(text)),
         header_reader=header_reader,
+        header_scanner=header_scanner,
     )
 
 
