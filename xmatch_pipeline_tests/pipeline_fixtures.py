@@ -244,6 +244,35 @@ def small_stream(shared_data_dir: Path, work_dir: Path, count: int = 60) -> Smal
     return stream
 
 
+def compact_alert_schema(
+    candidate_fields: Sequence[Mapping[str, Any]] = (),
+    fields: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """A small ZTF-shaped writer schema (``ztf.alert``): the header fields, a
+    ``ztf.candidate`` record with ``ra``, ``dec`` and ``candidate_fields``, then ``fields``."""
+    candidate = {
+        "type": "record",
+        "name": "candidate",
+        "fields": [
+            {"name": "ra", "type": "double"},
+            {"name": "dec", "type": "double"},
+            *candidate_fields,
+        ],
+    }
+    return {
+        "type": "record",
+        "name": "alert",
+        "namespace": "ztf",
+        "fields": [
+            {"name": "schemavsn", "type": "string"},
+            {"name": "objectId", "type": "string"},
+            {"name": "candid", "type": "long"},
+            {"name": "candidate", "type": candidate},
+            *fields,
+        ],
+    }
+
+
 # --- Kafka ----------------------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ from xmatch_pipeline.publish.dead_letter import (
 )
 from xmatch_pipeline.publish.message_limits import FRAMING_BYTES, MessageLimits, record_bytes
 from xmatch_pipeline.read.kafka_range_reader import KafkaRecord
+from xmatch_pipeline_tests.pipeline_fixtures import compact_alert_schema
 
 # --- positions -------------------------------------------------------------------------
 
@@ -189,29 +190,7 @@ def _container(schema: dict[str, Any], record: dict[str, Any]) -> bytes:
 
 
 def _small_alert_schema(extra_fields: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "type": "record",
-        "name": "alert",
-        "namespace": "ztf",
-        "fields": [
-            {"name": "schemavsn", "type": "string"},
-            {"name": "objectId", "type": "string"},
-            {"name": "candid", "type": "long"},
-            {
-                "name": "candidate",
-                "type": {
-                    "type": "record",
-                    "name": "candidate",
-                    "fields": [
-                        {"name": "ra", "type": "double"},
-                        {"name": "dec", "type": "double"},
-                        {"name": "note", "type": ["null", "string"]},
-                    ],
-                },
-            },
-            *extra_fields,
-        ],
-    }
+    return compact_alert_schema([{"name": "note", "type": ["null", "string"]}], extra_fields)
 
 
 _EXTRA = [

@@ -26,6 +26,7 @@ from xmatch_pipeline.services import PipelineServices
 from xmatch_pipeline.settings import load_settings
 from xmatch_pipeline_tests.pipeline_fixtures import (
     allwise_rows,
+    compact_alert_schema,
     group_offsets,
     pipeline_environment,
     produce_values,
@@ -47,35 +48,19 @@ LARGE_ALERT_BYTES = 30_000
 
 SCHEMA = schema_from_text(
     json.dumps(
-        {
-            "type": "record",
-            "name": "alert",
-            "namespace": "ztf",
-            "doc": "a compact ZTF-shaped alert for the mixed-stream test",
-            "fields": [
-                {"name": "schemavsn", "type": "string"},
-                {"name": "objectId", "type": "string"},
-                {"name": "candid", "type": "long"},
-                {
-                    "name": "candidate",
-                    "type": {
-                        "type": "record",
-                        "name": "candidate",
-                        "fields": [
-                            {"name": "ra", "type": "double"},
-                            {"name": "dec", "type": "double"},
-                            {"name": "magpsf", "type": "float"},
-                            {"name": "programpi", "type": ["null", "string"]},
-                        ],
-                    },
-                },
+        compact_alert_schema(
+            [
+                {"name": "magpsf", "type": "float"},
+                {"name": "programpi", "type": ["null", "string"]},
+            ],
+            [
                 {
                     "name": "prv_candidates",
                     "type": ["null", {"type": "array", "items": "ztf.candidate"}],
                 },
                 {"name": "note", "type": "string"},
             ],
-        }
+        )
     ).encode()
 )
 

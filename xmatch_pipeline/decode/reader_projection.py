@@ -27,7 +27,8 @@ _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "b
 _NAMED = ("record", "enum", "fixed")
 
 
-def _full_name(node: dict[str, Any], namespace: str | None) -> str:
+def full_name(node: dict[str, Any], namespace: str | None) -> str:
+    """The full name of a named type defined in ``namespace`` (Avro's naming rules)."""
     name: str = node["name"]
     if "." in name:
         return name
@@ -56,7 +57,7 @@ class _Projector:
         elif isinstance(node, dict):
             kind = node.get("type")
             if kind in _NAMED:
-                full = _full_name(node, namespace)
+                full = full_name(node, namespace)
                 self.definitions.setdefault(full, (node, namespace))
                 inner = full.rpartition(".")[0] or None
                 for entry in node.get("fields", []) if kind == "record" else []:
@@ -82,7 +83,7 @@ class _Projector:
         if kind in ("enum", "map"):
             return True
         if kind == "record":
-            return self._named_needs(_full_name(node, namespace))
+            return self._named_needs(full_name(node, namespace))
         if kind == "array":
             return self.needs(node["items"], namespace)
         if kind == "fixed":
@@ -124,7 +125,7 @@ class _Projector:
         if kind == "map":
             return {"type": "map", "values": self.project(node["values"], namespace)}
         if kind in ("enum", "fixed"):
-            self.emitted.add(_full_name(node, namespace))
+            self.emitted.add(full_name(node, namespace))
             return {key: value for key, value in node.items() if key != "doc"}
         if kind == "record":
             return self._project_record(node, namespace, keep or {})
@@ -133,7 +134,7 @@ class _Projector:
     def _project_record(
         self, node: dict[str, Any], namespace: str | None, keep: dict[str, Any]
     ) -> dict[str, Any]:
-        full = _full_name(node, namespace)
+        full = full_name(node, namespace)
         self.emitted.add(full)
         inner = full.rpartition(".")[0] or None
         fields = []

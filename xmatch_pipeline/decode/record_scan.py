@@ -22,7 +22,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from xmatch_pipeline.decode.reader_projection import HEADER_FIELDS, POSITION_FIELDS
+from xmatch_pipeline.decode.reader_projection import HEADER_FIELDS, POSITION_FIELDS, full_name
 
 #: A header capture: the path of the value in the header record.
 Capture = tuple[str, ...]
@@ -84,7 +84,7 @@ class _Compiler:
             return [self._union(node, space)]
         kind = node.get("type")
         if kind in ("record", "enum", "fixed"):
-            full = _full_name(node, space)
+            full = full_name(node, space)
             self.named.setdefault(full, (node, space))
             return self._named(node, space, capture)
         if kind == "array":
@@ -95,7 +95,7 @@ class _Compiler:
 
     def _named(self, node: dict[str, Any], space: str | None, capture: Any) -> list[Any]:
         kind = node["type"]
-        full = _full_name(node, space)
+        full = full_name(node, space)
         if kind == "fixed":
             return [(_RE, b".{%d}" % int(node["size"]))]
         if kind == "enum":
@@ -135,14 +135,6 @@ class _Compiler:
 
     def program(self, node: Any, space: str | None, capture: Any = None) -> Program:
         return _finish(self.node(node, space, capture))
-
-
-def _full_name(node: dict[str, Any], space: str | None) -> str:
-    name: str = node["name"]
-    if "." in name:
-        return name
-    namespace = node.get("namespace", space)
-    return f"{namespace}.{name}" if namespace else name
 
 
 def _merge_patterns(ops: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
