@@ -7,6 +7,7 @@ import io
 import json
 import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ from xmatch_pipeline.decode import (
 from xmatch_pipeline.decode.container import read_container
 from xmatch_pipeline.decode.record_scan import ScanError
 from xmatch_pipeline.decode.schema_text import with_last_field
+from xmatch_pipeline.match.alert_matching import crossmatch_alerts
+from xmatch_pipeline.match.allwise import ALLWISE_SPEC
+from xmatch_pipeline.match.local_index import LocalCrossmatchEngine
 from xmatch_pipeline.offset_precondition import group_start_problem
 from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.publish.dead_letter import (
@@ -34,7 +38,7 @@ from xmatch_pipeline.publish.dead_letter import (
 )
 from xmatch_pipeline.publish.message_limits import FRAMING_BYTES, MessageLimits, record_bytes
 from xmatch_pipeline.read.kafka_range_reader import KafkaRecord
-from xmatch_pipeline_tests.pipeline_fixtures import compact_alert_schema
+from xmatch_pipeline_tests.pipeline_fixtures import allwise_rows, compact_alert_schema
 
 # --- positions -------------------------------------------------------------------------
 
@@ -332,3 +336,28 @@ def test_a_schema_the_scan_cannot_compile_falls_back_to_the_validating_read() ->
     assert decode_alert(value, header_only=True).candid == 1
     with pytest.raises(AlertDecodeError, match="UnicodeDecodeError"):
         decode_alert(_replace_last(value, b"Kulkarni", b"Kulk\xffrni"), header_only=True)
+
+
+# --- an alert sent twice upstream ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Position:
+    candid: int
+    object_id: str
+    ra: float
+    dec: float
+
+
+def test_an_alert_that_came_twice_is_matched_once_and_both_copies_get_the_match(
+    allwise_index: Path, shared_data_dir: Path
+) -> None:
+    row = allwise_rows(shared_data_dir)[0]
+    ra, dec = float(row["RAJ2000"]), float(row["DEJ2000"])
+    twice = [_Position(7, "ZTF20twice", ra, dec), _Position(7, "ZTF20twice", ra, dec)]
+    engine = LocalCrossmatchEngine({"allwise": allwise_index})
+
+    matches = crossmatch_alerts(twice, engine, [ALLWISE_SPEC])
+
+    assert matches.sent_to_engine == 1
+    assert matches.xmatches_by_candid[7]["allwise"]["AllWISE"] == row["AllWISE"]

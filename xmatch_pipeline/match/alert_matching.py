@@ -126,8 +126,11 @@ def crossmatch_alerts(
             served = set(cached["id"].tolist())
             to_match = [alert for alert in alerts if alert.candid not in served]
             result.served_from_cache += len(served)
-        matches = engine.crossmatch(alert_positions(to_match), catalog) if to_match else None
-        result.sent_to_engine += len(to_match)
+        # One position per candid: an alert that came twice upstream is matched once (an
+        # engine may refuse two answers for one id).
+        positions = alert_positions(to_match).drop_duplicates("id")
+        matches = engine.crossmatch(positions, catalog) if len(positions) else None
+        result.sent_to_engine += len(positions)
         frames = [frame for frame in (cached, matches) if frame is not None and len(frame)]
         if not frames:
             continue
