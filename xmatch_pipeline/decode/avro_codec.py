@@ -143,8 +143,9 @@ def decode_alert(
 ) -> DecodedAlert:
     """Decode one message value; the origin, when given, is carried by any error raised.
 
-    ``header_only`` reads every byte but keeps only objectId, candid, schemavsn and the
-    candidate's position: what the pipeline routes and matches on.
+    ``header_only`` checks every byte as a full read would (strings' UTF-8 included, see
+    ``record_scan``) but keeps only objectId, candid, schemavsn and the candidate's
+    position: what the pipeline routes and matches on.
     """
     try:
         return _decode(value, header_only)
