@@ -29,21 +29,28 @@ import pandas as pd
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from xmatch_pipeline.decode.avro_codec import DecodedAlert, decode_alert
-from xmatch_pipeline.decode.errors import AlertDecodeError
-from xmatch_pipeline.kafka_config import KafkaClientConfig
+from xmatch_pipeline.bad_input import ScreenedAlert, screen_records
+from xmatch_pipeline.kafka_config import KafkaClientConfig, KafkaOperationError
 from xmatch_pipeline.match import allwise
-from xmatch_pipeline.match.alert_matching import BatchMatches, crossmatch_alerts
+from xmatch_pipeline.match.alert_matching import CANDID, BatchMatches, crossmatch_alerts
 from xmatch_pipeline.match.catalog_spec import CatalogSpec
 from xmatch_pipeline.match.engine import CrossmatchEngine
+from xmatch_pipeline.offset_precondition import group_start_problem
 from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.publish.dead_letter import DeadLetter, publish_dead_letter
 from xmatch_pipeline.publish.enriched_alert import Precision, encode_enriched_alert
 from xmatch_pipeline.publish.kafka_transaction import (
+    MessageTooLargeError,
     TransactionalPublisher,
     backfill_transactional_id,
     transactional_id_for,
 )
+from xmatch_pipeline.publish.message_limits import (
+    MessageLimits,
+    read_message_limits,
+    record_bytes,
+)
+from xmatch_pipeline.read.kafka_offsets import KafkaOffsetsReader
 from xmatch_pipeline.read.kafka_range_reader import KafkaRangeReader, KafkaRecord
 from xmatch_pipeline.read.kafka_reader_pool import KafkaReaderPool
 from xmatch_pipeline.store.errors import StoreError
@@ -79,6 +86,8 @@ class MicrobatchConfig:
     output_precision: Precision = "double"
     use_match_cache: bool = False
     stall_timeout_seconds: float = 60.0
+    #: Bounds each Kafka admin request of a run (group offset, topic limits).
+    kafka_request_timeout_seconds: float = 10.0
 
 
 @dataclass
@@ -137,6 +146,10 @@ class MicrobatchError(RuntimeError):
     """A run failed; nothing of it is visible downstream and its range can run again."""
 
 
+class GroupNotAtRangeStartError(MicrobatchError):
+    """A live range that does not start at the consumer group's offset: refused unrun."""
+
+
 @contextmanager
 def _timed(seconds: StageSeconds, stage: str) -> Iterator[None]:
     started = time.perf_counter()
@@ -144,27 +157,6 @@ def _timed(seconds: StageSeconds, stage: str) -> Iterator[None]:
         yield
     finally:
         setattr(seconds, stage, getattr(seconds, stage) + time.perf_counter() - started)
-
-
-def _decode_chunk(
-    records: list[KafkaRecord],
-) -> tuple[list[DecodedAlert], list[DeadLetter]]:
-    alerts: list[DecodedAlert] = []
-    dead_letters: list[DeadLetter] = []
-    for record in records:
-        try:
-            alerts.append(
-                decode_alert(
-                    record.value,
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    header_only=True,
-                )
-            )
-        except AlertDecodeError as error:
-            dead_letters.append(DeadLetter(record, str(error), type(error).__qualname__))
-    return alerts, dead_letters
 
 
 @dataclass
@@ -177,6 +169,7 @@ class _RangeRun:
     produce_output: bool
     report: MicrobatchReport
     allwise_matches: list[pd.DataFrame] = field(default_factory=list)
+    limits: MessageLimits = field(default_factory=MessageLimits)
 
 
 def _timed_iteration(
@@ -239,6 +232,9 @@ class MicrobatchRunner:
             output_produced=produce_output,
         )
         with self.ledger.hold_partition(offset_range.topic, offset_range.partition, run_id) as hold:
+            if mode == "live":
+                # Under the partition lock: no other live run can move the group meanwhile.
+                self._check_group_at_start(offset_range)
             self.ledger.record_started(offset_range, mode, run_id)
             run = _RangeRun(offset_range, mode, run_id, produce_output, report)
             try:
@@ -259,7 +255,34 @@ class MicrobatchRunner:
         except Exception:  # the run's own error is the one worth raising
             logger.exception("could not record the failure of %s in the ledger", offset_range)
 
-    def _publisher(self, offset_range: OffsetRange, mode: RunMode) -> TransactionalPublisher:
+    def _check_group_at_start(self, offset_range: OffsetRange) -> None:
+        """A live run commits the group to the range's end, so it must start where the
+        group is; a group offset that cannot be read refuses the run (a system fault)."""
+        config = self.config
+        offsets = KafkaOffsetsReader(
+            config.kafka,
+            config.consumer_group_id,
+            timeout_seconds=config.kafka_request_timeout_seconds,
+        )
+        key = (offset_range.topic, offset_range.partition)
+        try:
+            committed = offsets.committed_offsets([key]).get(key)
+            if committed is None:  # a new group starts at the earliest offset kept
+                committed = offsets.watermarks([key])[key][0]
+        except KafkaOperationError as error:
+            raise MicrobatchError(
+                f"{offset_range}: could not read the offset of consumer group "
+                f"{config.consumer_group_id!r} ({error}); a live run must start where the "
+                "group is, so it does not start without knowing: check the broker, then run "
+                "the range again"
+            ) from error
+        problem = group_start_problem(offset_range, committed)
+        if problem is not None:
+            raise GroupNotAtRangeStartError(problem)
+
+    def _publisher(
+        self, offset_range: OffsetRange, mode: RunMode, limits: MessageLimits
+    ) -> TransactionalPublisher:
         """A new transactional producer for every run, never one kept from an earlier run.
 
         Its ``init_transactions`` is what fences a dead predecessor and aborts the
@@ -278,7 +301,12 @@ class MicrobatchRunner:
             if mode == "live"
             else backfill_transactional_id(offset_range)
         )
-        return TransactionalPublisher(self.config.kafka, transactional_id)
+        return TransactionalPublisher(
+            self.config.kafka,
+            transactional_id,
+            max_message_bytes=limits.producer_max_bytes,
+            batch_bytes=limits.producer_batch_bytes,
+        )
 
     def _run_held(self, run: _RangeRun, still_held: Callable[[], bool]) -> None:
         config = self.config
@@ -288,9 +316,17 @@ class MicrobatchRunner:
         if run.mode == "backfill":
             group_id = f"{group_id}.backfill"
         reader = self._readers.take(group_id)
-        publisher = self._publisher(run.offset_range, run.mode) if run.produce_output else None
+        publisher = None
         ended_cleanly = False
         try:
+            if run.produce_output:
+                run.limits = read_message_limits(
+                    config.kafka,
+                    config.output_topic,
+                    config.dead_letter_topic,
+                    timeout_seconds=config.kafka_request_timeout_seconds,
+                )
+                publisher = self._publisher(run.offset_range, run.mode, run.limits)
             reader.check_readable(run.offset_range)
             if publisher is not None:
                 publisher.init()
@@ -325,10 +361,10 @@ class MicrobatchRunner:
     ) -> None:
         report = run.report
         report.messages_in += len(records)
-        report.bytes_in += sum(len(record.value) for record in records)
+        report.bytes_in += sum(record.size for record in records)
         self._stage_hook("consumed")
         with _timed(report.seconds, "decode"):
-            alerts, dead_letters = _decode_chunk(records)
+            alerts, dead_letters = screen_records(records)
         self._stage_hook("crossmatching")
         with _timed(report.seconds, "crossmatch"):
             matches = crossmatch_alerts(
@@ -337,17 +373,19 @@ class MicrobatchRunner:
                 self.config.catalogs,
                 self._match_cache.known_matches if self._match_cache else None,
             )
-        report.alerts_decoded += len(alerts)
-        report.alerts_matched += matches.matched_alerts
-        report.dead_lettered += len(dead_letters)
         report.sent_to_engine += matches.sent_to_engine
         report.served_from_cache += matches.served_from_cache
+        if publisher is not None:
+            with _timed(report.seconds, "produce"):
+                published = self._produce(run, publisher, alerts, dead_letters, matches)
+            if len(published) < len(alerts):
+                alerts, matches = published, _only(matches, published)
+        report.dead_lettered += len(dead_letters)
+        report.alerts_decoded += len(alerts)
+        report.alerts_matched += matches.matched_alerts
         report.candids.extend(alert.candid for alert in alerts)
         report.object_ids.extend(alert.object_id for alert in alerts)
         run.allwise_matches.extend(matches.allwise_matches)
-        if publisher is not None:
-            with _timed(report.seconds, "produce"):
-                self._produce(publisher, alerts, dead_letters, matches, report)
 
     def _commit(
         self, run: _RangeRun, publisher: TransactionalPublisher, reader: KafkaRangeReader
@@ -363,24 +401,67 @@ class MicrobatchRunner:
 
     def _produce(
         self,
+        run: _RangeRun,
         publisher: TransactionalPublisher,
-        alerts: list[DecodedAlert],
+        alerts: list[ScreenedAlert],
         dead_letters: list[DeadLetter],
         matches: BatchMatches,
-        report: MicrobatchReport,
-    ) -> None:
+    ) -> list[ScreenedAlert]:
+        """Produce each alert's output, or dead-letter it when the output cannot be written
+        or published (``bad_input``); then every dead letter. Returns the alerts published."""
+        config, report = self.config, run.report
+        published: list[ScreenedAlert] = []
+        for screened in alerts:
+            letter = self._produce_output(run, publisher, screened, matches)
+            if letter is None:
+                published.append(screened)
+            else:
+                dead_letters.append(letter)
+        for dead_letter in dead_letters:
+            publish_dead_letter(
+                publisher,
+                config.dead_letter_topic,
+                dead_letter,
+                max_record_bytes=run.limits.dead_letter_bytes,
+            )
+        report.produced += len(published)
+        return published
+
+    def _produce_output(
+        self,
+        run: _RangeRun,
+        publisher: TransactionalPublisher,
+        screened: ScreenedAlert,
+        matches: BatchMatches,
+    ) -> DeadLetter | None:
         config = self.config
-        for alert in alerts:
+        try:
             value = encode_enriched_alert(
-                alert,
-                matches.xmatches_by_candid.get(alert.candid),
+                screened.alert,
+                matches.xmatches_by_candid.get(screened.candid),
                 precision=config.output_precision,
             )
-            publisher.produce(config.output_topic, value, key=alert.object_id)
-            report.produced += 1
-            report.bytes_out += len(value)
-        for dead_letter in dead_letters:
-            publish_dead_letter(publisher, config.dead_letter_topic, dead_letter)
+        except (ValueError, TypeError, OverflowError) as error:
+            return DeadLetter(
+                screened.record,
+                f"the output schema cannot carry this alert: {error}",
+                type(error).__qualname__,
+            )
+        size = record_bytes(value, screened.object_id)
+        if size > run.limits.output_bytes:
+            return DeadLetter(
+                screened.record,
+                f"too large to publish: the enriched alert takes {size} bytes, the output "
+                f"topic {config.output_topic} accepts {run.limits.output_bytes} "
+                "(max.message.bytes)",
+                "OutputTooLarge",
+            )
+        try:
+            publisher.produce(config.output_topic, value, key=screened.object_id)
+        except MessageTooLargeError as error:
+            return DeadLetter.from_exception(screened.record, error)
+        run.report.bytes_out += len(value)
+        return None
 
     def _persist(self, run: _RangeRun) -> None:
         frames = [frame for frame in run.allwise_matches if len(frame)]
@@ -416,3 +497,18 @@ class MicrobatchRunner:
                 f"({type(error.orig).__name__}: {reason}); nothing was committed (no rows, "
                 "no output, no offsets): check PostgreSQL, then run the range again"
             ) from error
+
+
+def _only(matches: BatchMatches, alerts: list[ScreenedAlert]) -> BatchMatches:
+    """The matches of ``alerts`` alone: a dead-lettered alert leaves no database row."""
+    kept = {alert.candid for alert in alerts}
+    return BatchMatches(
+        xmatches_by_candid={
+            candid: xmatches
+            for candid, xmatches in matches.xmatches_by_candid.items()
+            if candid in kept
+        },
+        allwise_matches=[frame[frame[CANDID].isin(kept)] for frame in matches.allwise_matches],
+        sent_to_engine=matches.sent_to_engine,
+        served_from_cache=matches.served_from_cache,
+    )

@@ -65,8 +65,10 @@ def new_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
 
     created: list[str] = []
 
-    def create(prefix: str = "test", partitions: int = 1) -> str:
-        created.append(create_topic(kafka_bootstrap, prefix, partitions))
+    def create(
+        prefix: str = "test", partitions: int = 1, config: dict[str, str] | None = None
+    ) -> str:
+        created.append(create_topic(kafka_bootstrap, prefix, partitions, config))
         return created[-1]
 
     yield create

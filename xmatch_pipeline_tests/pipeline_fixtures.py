@@ -245,15 +245,51 @@ def small_stream(shared_data_dir: Path, work_dir: Path, count: int = 60) -> Smal
     return stream
 
 
+def compact_alert_schema(
+    candidate_fields: Sequence[Mapping[str, Any]] = (),
+    fields: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """A small ZTF-shaped writer schema (``ztf.alert``): the header fields, a
+    ``ztf.candidate`` record with ``ra``, ``dec`` and ``candidate_fields``, then ``fields``."""
+    candidate = {
+        "type": "record",
+        "name": "candidate",
+        "fields": [
+            {"name": "ra", "type": "double"},
+            {"name": "dec", "type": "double"},
+            *candidate_fields,
+        ],
+    }
+    return {
+        "type": "record",
+        "name": "alert",
+        "namespace": "ztf",
+        "fields": [
+            {"name": "schemavsn", "type": "string"},
+            {"name": "objectId", "type": "string"},
+            {"name": "candid", "type": "long"},
+            {"name": "candidate", "type": candidate},
+            *fields,
+        ],
+    }
+
+
 # --- Kafka ----------------------------------------------------------------------------
 
 
-def create_topics(bootstrap: str, names: Sequence[str], partitions: int = 1) -> None:
-    """Create ``names`` and wait until the broker's metadata shows them with leaders (a topic
-    reaches the metadata a moment after it is created)."""
+def create_topics(
+    bootstrap: str,
+    names: Sequence[str],
+    partitions: int = 1,
+    config: Mapping[str, str] | None = None,
+) -> None:
+    """Create ``names`` (with topic ``config``, e.g. ``max.message.bytes``) and wait until the
+    broker's metadata shows them with leaders (a topic reaches the metadata a moment after
+    it is created)."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics(
-        [NewTopic(name, partitions, 1) for name in names], operation_timeout=30
+        [NewTopic(name, partitions, 1, config=dict(config or {})) for name in names],
+        operation_timeout=30,
     )
     for future in futures.values():
         future.result(timeout=30)
@@ -275,10 +311,15 @@ def _has_leaders(admin: Any, topic: str, partitions: int) -> bool:
     )
 
 
-def create_topic(bootstrap: str, prefix: str = "test", partitions: int = 1) -> str:
+def create_topic(
+    bootstrap: str,
+    prefix: str = "test",
+    partitions: int = 1,
+    config: Mapping[str, str] | None = None,
+) -> str:
     """A new topic with a unique name, so that tests never see each other's messages."""
     name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-    create_topics(bootstrap, [name], partitions)
+    create_topics(bootstrap, [name], partitions, config)
     return name
 
 
@@ -292,12 +333,19 @@ def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
 def produce_values(
     bootstrap: str,
     topic: str,
-    messages: Sequence[tuple[str | None, bytes]],
+    messages: Sequence[tuple[str | None, bytes | None]],
     *,
     partitions: int = 1,
 ) -> None:
-    """Produce ``(key, value)`` pairs round-robin over ``partitions``, bytes unchanged."""
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    """Produce ``(key, value)`` pairs round-robin over ``partitions``, bytes unchanged (a
+    ``None`` value is a tombstone); up to the broker's default limit of 1,048,588 bytes."""
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "message.max.bytes": 1_048_588,
+        }
+    )
     failures: list[str] = []
 
     def delivered(error: KafkaError | None, _message: Any) -> None:
@@ -342,6 +390,8 @@ class ReceivedMessage:
     key: bytes | None
     value: bytes
     headers: dict[str, bytes]
+    #: The value was null (``value`` is then ``b""``).
+    tombstone: bool = False
 
 
 def verifying_consumer(
@@ -411,6 +461,7 @@ def read_committed(
                         key=message.key(),
                         value=message.value() or b"",
                         headers={k: v for k, v in pairs if isinstance(v, bytes)},
+                        tombstone=message.value() is None,
                     )
                 )
         return received

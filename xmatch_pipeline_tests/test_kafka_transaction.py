@@ -44,7 +44,7 @@ def test_output_and_input_offsets_commit_together_exactly_once(
         publisher.begin()
         for chunk in reader.read(offset_range, chunk_size=4):
             for record in chunk:
-                publisher.produce(output, value=record.value.upper(), key=record.key)
+                publisher.produce(output, value=(record.value or b"").upper(), key=record.key)
         assert publisher.produced_in_transaction == 6
         publisher.commit_with_offsets(
             {(source, 0): offset_range.end}, reader.consumer_group_metadata()

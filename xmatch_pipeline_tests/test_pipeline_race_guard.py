@@ -156,22 +156,29 @@ def test_second_run_on_a_held_partition_is_refused_and_leaves_no_trace(
 def test_overlapping_live_range_is_refused_and_leaves_no_trace(
     pipeline: tuple[_Pipeline, InputStream], kafka_bootstrap: str
 ) -> None:
+    """A retry must reuse its failed range exactly: a longer range from the same start
+    (which the runner's offset check lets through) is refused by the ledger."""
     flow, stream = pipeline
     topic = stream.topic
-    first = OffsetRange(topic, 0, 0, 2 * CHUNK_MESSAGES)
+    first = OffsetRange(topic, 0, 0, CHUNK_MESSAGES)
+    failed = OffsetRange(topic, 0, CHUNK_MESSAGES, 2 * CHUNK_MESSAGES)
     overlapping = OffsetRange(topic, 0, CHUNK_MESSAGES, ALERT_COUNT)
     flow.runner().run(first, run_id="range-first")
 
+    def fail_after_produce(stage: str) -> None:
+        if stage == "produced":
+            raise RuntimeError("the run dies after producing")
+
+    with pytest.raises(RuntimeError, match="dies after producing"):
+        flow.runner(fail_after_produce).run(failed, run_id="range-failed")
     with pytest.raises(OverlappingRangeError) as refused:
         flow.runner().run(overlapping, run_id="range-overlapping")
 
     assert refused.value.requested == str(overlapping)
-    assert any(str(first) in colliding for colliding in refused.value.colliding)
+    assert any(str(failed) in colliding for colliding in refused.value.colliding)
     assert flow.ledger_entry(overlapping) is None
     output = flow.environment["PRODUCER_TOPIC"]
-    assert sorted(read_candids(kafka_bootstrap, output, "read_uncommitted")) == sorted(
-        stream.candids[: first.end]
-    )
+    assert sorted(read_candids(kafka_bootstrap, output)) == sorted(stream.candids[: first.end])
     group = flow.environment["CONSUMER_GROUP_ID"]
     assert group_offsets(kafka_bootstrap, group, topic)[0] == first.end
 

@@ -170,7 +170,7 @@ def _passthrough(
                 for record in chunk:
                     publisher.produce(settings.output_topic, record.value, key=record.key)
                     messages += 1
-                    size += len(record.value)
+                    size += record.size
             publisher.commit_with_offsets(
                 {(offset_range.topic, offset_range.partition): offset_range.end},
                 reader.consumer_group_metadata(),

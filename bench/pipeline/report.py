@@ -26,6 +26,7 @@ THROUGHPUT_TARGET_OF_LIMIT = 0.6
 THROUGHPUT_TARGET_OVER_NAIVE = 5.0
 LATENCY_TARGET_SECONDS = 30.0
 MEMORY_TARGET_RATIO = 1.5
+HEADER_DECODE_RESULTS = Path(__file__).resolve().parents[1] / "results" / "header_decode.md"
 
 
 def _by_method_size(results: dict[str, Any]) -> dict[tuple[str, int], list[dict[str, Any]]]:
@@ -477,4 +478,7 @@ def write_report(results: dict[str, Any], plot: Path) -> str:
             "Not run this time: add `--with-engines` (about 100 s); the last results are in "
             "`bench/results/crossmatch_engines.md`."
         ]
+    if HEADER_DECODE_RESULTS.exists():  # bench.header_decode's last results, as it wrote them
+        section = HEADER_DECODE_RESULTS.read_text(encoding="utf-8")
+        lines += ["", section.replace("## Header-only decode", "## 6. Header-only decode", 1)]
     return "\n".join(lines).rstrip() + "\n"

@@ -19,6 +19,8 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from xmatch_pipeline.decode.container import sync_marker_for
 from xmatch_pipeline.decode.errors import AlertDecodeError
+from xmatch_pipeline.decode.reader_projection import header_reader_schema
+from xmatch_pipeline.decode.record_scan import Scanner, compile_scanner
 
 MAX_CACHED_SCHEMAS = 64
 """Distinct writer schemas kept parsed; a stream has one or two, a replay of history a few."""
@@ -36,9 +38,13 @@ class AlertSchema:
     version: str | None
     not_ztf_reason: str | None = field(repr=False)
     sync_marker: bytes = field(repr=False)
-    #: Reader schema of the fields the pipeline routes on (``header_reader_schema``), parsed;
-    #: None when the schema is not a ZTF alert's.
+    #: Reader schema of the header-only decode (``reader_projection``): the fields the
+    #: pipeline routes on and every string, enum and map, parsed; None when the schema is
+    #: not a ZTF alert's.
     header_reader: dict[str, Any] | None = field(default=None, repr=False)
+    #: The header-only decode's fast path (``record_scan``); None where the schema needs
+    #: the projected read.
+    header_scanner: Scanner | None = field(default=None, repr=False)
 
     def __reduce__(self) -> tuple[Any, tuple[bytes]]:
         """Pickle as the text alone: unpickling goes through the cache, never re-parses twice."""
@@ -70,32 +76,6 @@ def _ztf_shape_problem(document: Any) -> str | None:
     return None
 
 
-HEADER_FIELDS = ("schemavsn", "objectId", "candid")
-
-
-def header_reader_schema(document: dict[str, Any]) -> dict[str, Any]:
-    """A reader schema with only ``schemavsn, objectId, candid, candidate.{ra, dec}``.
-
-    Resolving the writer schema against it still walks every byte of the alert (so bad
-    data is still caught) but skips building the history and cutouts as Python objects,
-    which halves the decode time; the whole record is decoded later only if needed.
-    Record names and namespaces are copied so that Avro's resolution matches them.
-    """
-    fields = {entry["name"]: entry for entry in document["fields"]}
-    candidate = fields["candidate"]["type"]
-    reader_candidate: dict[str, Any] = {
-        key: candidate[key] for key in ("type", "name", "namespace") if key in candidate
-    }
-    reader_candidate["fields"] = [{"name": name, "type": "double"} for name in ("ra", "dec")]
-    reader: dict[str, Any] = {
-        key: document[key] for key in ("type", "name", "namespace") if key in document
-    }
-    reader["fields"] = [{"name": name, "type": fields[name]["type"]} for name in HEADER_FIELDS] + [
-        {"name": "candidate", "type": reader_candidate}
-    ]
-    return reader
-
-
 def _build(text: bytes) -> AlertSchema:
     try:
         document = json.loads(text)
@@ -113,9 +93,11 @@ def _build(text: bytes) -> AlertSchema:
     version = document.get("version") if isinstance(document, dict) else None
     not_ztf_reason = _ztf_shape_problem(document)
     header_reader = None
+    header_scanner = None
     if not_ztf_reason is None:
         reader = fastavro.parse_schema(header_reader_schema(document), named_schemas={})
         header_reader = reader if isinstance(reader, dict) else None
+        header_scanner = compile_scanner(document)
     return AlertSchema(
         text=bytes(text),
         parsed=parsed,
@@ -124,6 +106,7 @@ def _build(text: bytes) -> AlertSchema:
         not_ztf_reason=not_ztf_reason,
         sync_marker=sync_marker_for(bytes(text)),
         header_reader=header_reader,
+        header_scanner=header_scanner,
     )
 
 

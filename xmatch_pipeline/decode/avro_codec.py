@@ -12,6 +12,7 @@ import fastavro
 from xmatch_pipeline.decode.alert_schema import AlertSchema, schema_from_text
 from xmatch_pipeline.decode.container import read_container, write_container
 from xmatch_pipeline.decode.errors import AlertDecodeError
+from xmatch_pipeline.decode.record_scan import ScanError
 
 SUPPORTED_MAJOR_VERSIONS = frozenset({3, 4})
 """ZTF alert schema generations this pipeline has been checked against (3.3, 4.01)."""
@@ -103,6 +104,15 @@ def _decode(value: bytes | None, header_only: bool = False) -> DecodedAlert:
     if total != 1:
         raise AlertDecodeError(f"expected exactly one alert in the container, found {total}")
     payload = next(block.payload for block in container.blocks if block.record_count)
+    if header_only and schema.header_scanner is not None:
+        try:
+            header = schema.header_scanner(payload)
+        except (ScanError, UnicodeDecodeError) as error:
+            raise AlertDecodeError(
+                f"alert data do not match the embedded schema: {type(error).__name__}: {error}"
+            ) from error
+        _check_version(header["schemavsn"])
+        return DecodedAlert(record=header, schema=schema, payload=payload, complete=False)
     buffer = io.BytesIO(payload)
     reader = schema.header_reader if header_only else None
     try:
@@ -133,8 +143,9 @@ def decode_alert(
 ) -> DecodedAlert:
     """Decode one message value; the origin, when given, is carried by any error raised.
 
-    ``header_only`` reads every byte but keeps only objectId, candid, schemavsn and the
-    candidate's position: what the pipeline routes and matches on.
+    ``header_only`` checks every byte as a full read would (strings' UTF-8 included, see
+    ``record_scan``) but keeps only objectId, candid, schemavsn and the candidate's
+    position: what the pipeline routes and matches on.
     """
     try:
         return _decode(value, header_only)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
-from xmatch_pipeline.decode.avro_codec import DecodedAlert
 from xmatch_pipeline.match import allwise
 from xmatch_pipeline.match.catalog_spec import CatalogSpec
 from xmatch_pipeline.match.engine import CrossmatchEngine
@@ -23,6 +23,28 @@ from xmatch_pipeline.match.sky_geometry import separation_arcsec
 from xmatch_pipeline.store.match_cache import KnownMatch
 
 ANGULAR_DISTANCE = "angDist"
+CANDID = "candid"
+
+
+class MatchableAlert(Protocol):
+    """What matching reads of an alert: its ids and a position on the sky (degrees).
+
+    A decoded alert has these; the pipeline passes ``bad_input.ScreenedAlert``, whose
+    position was checked and ``ra`` brought into [0, 360).
+    """
+
+    @property
+    def candid(self) -> int: ...
+
+    @property
+    def object_id(self) -> str: ...
+
+    @property
+    def ra(self) -> float: ...
+
+    @property
+    def dec(self) -> float: ...
+
 
 #: ``oid → stored match``; the pipeline passes ``store.match_cache.MatchCache.known_matches``.
 KnownMatchLookup = Callable[[Sequence[str]], Mapping[str, KnownMatch]]
@@ -34,7 +56,8 @@ class BatchMatches:
 
     #: ``candid → {catalog: {column: value}}`` for alerts with at least one match.
     xmatches_by_candid: dict[int, dict[str, dict[str, object]]] = field(default_factory=dict)
-    #: ALLWISE matches (CDS names, ``id`` = objectId) for the database, in alert order.
+    #: ALLWISE matches (CDS names, ``id`` = objectId, ``candid`` the alert's) for the
+    #: database, in alert order.
     allwise_matches: list[pd.DataFrame] = field(default_factory=list)
     sent_to_engine: int = 0
     served_from_cache: int = 0
@@ -44,7 +67,7 @@ class BatchMatches:
         return len(self.xmatches_by_candid)
 
 
-def alert_positions(alerts: Sequence[DecodedAlert]) -> pd.DataFrame:
+def alert_positions(alerts: Sequence[MatchableAlert]) -> pd.DataFrame:
     """Positions keyed by ``candid`` (int64, never a float), in double precision."""
     return pd.DataFrame(
         {
@@ -56,7 +79,7 @@ def alert_positions(alerts: Sequence[DecodedAlert]) -> pd.DataFrame:
 
 
 def _cached_allwise_matches(
-    alerts: Sequence[DecodedAlert], known: Mapping[str, KnownMatch], catalog: CatalogSpec
+    alerts: Sequence[MatchableAlert], known: Mapping[str, KnownMatch], catalog: CatalogSpec
 ) -> pd.DataFrame:
     """Matches (engine shape) rebuilt from stored sources still within this alert's radius."""
     rows: list[dict[str, object]] = []
@@ -78,7 +101,7 @@ def _cached_allwise_matches(
 
 
 def crossmatch_alerts(
-    alerts: Sequence[DecodedAlert],
+    alerts: Sequence[MatchableAlert],
     engine: CrossmatchEngine,
     catalogs: Sequence[CatalogSpec],
     known_matches: KnownMatchLookup | None = None,
@@ -94,7 +117,7 @@ def crossmatch_alerts(
                 f"catalog {catalog.name!r}: the output message holds one match per catalog, "
                 "so the pipeline needs selection='best'"
             )
-        to_match: Sequence[DecodedAlert] = alerts
+        to_match: Sequence[MatchableAlert] = alerts
         cached = pd.DataFrame()
         if known_matches is not None and catalog.name == allwise.CATALOG_NAME:
             cached = _cached_allwise_matches(
@@ -103,8 +126,11 @@ def crossmatch_alerts(
             served = set(cached["id"].tolist())
             to_match = [alert for alert in alerts if alert.candid not in served]
             result.served_from_cache += len(served)
-        matches = engine.crossmatch(alert_positions(to_match), catalog) if to_match else None
-        result.sent_to_engine += len(to_match)
+        # One position per candid: an alert that came twice upstream is matched once (an
+        # engine may refuse two answers for one id).
+        positions = alert_positions(to_match).drop_duplicates("id")
+        matches = engine.crossmatch(positions, catalog) if len(positions) else None
+        result.sent_to_engine += len(positions)
         frames = [frame for frame in (cached, matches) if frame is not None and len(frame)]
         if not frames:
             continue
@@ -117,6 +143,7 @@ def crossmatch_alerts(
             }
         if catalog.name == allwise.CATALOG_NAME:
             by_object = combined.copy()
+            by_object[CANDID] = by_object["id"]
             by_object["id"] = [object_id_by_candid[int(c)] for c in by_object["id"]]
             result.allwise_matches.append(by_object)
     return result

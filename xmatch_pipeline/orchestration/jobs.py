@@ -28,6 +28,7 @@ from pydantic import Field
 
 from xmatch_pipeline.kafka_config import KafkaOperationError
 from xmatch_pipeline.microbatch import MicrobatchReport
+from xmatch_pipeline.offset_precondition import group_start_problem
 from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.orchestration.metadata import lag_metadata, run_materializations
 from xmatch_pipeline.orchestration.resources import XmatchResource
@@ -92,35 +93,17 @@ def _partition_lag(
 def check_offset_range(
     context: OpExecutionContext, config: OffsetRangeConfig, xmatch: XmatchResource
 ) -> Iterator[Output[OffsetRange]]:
-    """Validate the range and note the group's lag before the run."""
+    """Note the group's lag before the run, and refuse early a range that does not start at
+    the group's offset (the runner enforces it in any case, even when the lag is unknown)."""
     offset_range = config.offset_range()
     lag = _partition_lag(context, xmatch, offset_range)
-    if lag is None:
-        # A queued successor starts the moment its predecessor ends; were the check skipped
-        # when Kafka cannot say where the group is, a predecessor that died with its offsets
-        # pending would be skipped over.
-        raise Failure(
-            f"{offset_range}: cannot read where the consumer group is, so cannot check that "
-            "it is at the range's start; not starting (nothing was done): check the broker, "
-            "the sensor requests the range again"
+    if lag is not None:
+        context.log.info(
+            f"{offset_range}: group at {lag.committed}, high watermark {lag.high}, lag {lag.lag}"
         )
-    context.log.info(
-        f"{offset_range}: group at {lag.committed}, high watermark {lag.high}, lag {lag.lag}"
-    )
-    if lag.committed != offset_range.start:
-        # A live run commits the group to the range's end: from anywhere else that
-        # would output later alerts twice (behind) or skip offsets (ahead).
-        effect = (
-            "output every alert after it a second time"
-            if lag.committed > offset_range.start
-            else f"skip offsets [{lag.committed}, {offset_range.start})"
-        )
-        raise Failure(
-            f"{offset_range}: the consumer group is at offset {lag.committed}, not at the "
-            f"range's start {offset_range.start}; a live run would move it to "
-            f"{offset_range.end} and {effect}. Reprocess a processed range with "
-            "xmatch_backfill; a live range starts where the group is."
-        )
+        problem = group_start_problem(offset_range, lag.committed)
+        if problem is not None:  # the runner refuses it too; failing here saves the run
+            raise Failure(problem)
     yield Output(offset_range, metadata=lag_metadata("before", lag))
 
 

@@ -25,8 +25,10 @@ import fastavro
 import numpy as np
 import pandas as pd
 
-from xmatch_pipeline.decode import AlertSchema, DecodedAlert, schema_from_json
+from xmatch_pipeline.decode import AlertSchema, DecodedAlert, schema_from_text
+from xmatch_pipeline.decode.alert_schema import MAX_CACHED_SCHEMAS
 from xmatch_pipeline.decode.container import write_container
+from xmatch_pipeline.decode.schema_text import with_last_field
 
 XMATCHES_FIELD = "xmatches"
 Precision = Literal["double", "float32"]
@@ -47,24 +49,29 @@ def xmatches_field(precision: Precision = "double") -> dict[str, Any]:
     return {"name": XMATCHES_FIELD, "type": [xmatch_map, "null"], "default": None}
 
 
-_schemas: dict[tuple[str, Precision], AlertSchema] = {}
+_schemas: dict[tuple[bytes, Precision], AlertSchema] = {}
 _field_schemas: dict[Precision, Any] = {}
 _lock = threading.Lock()
 
 
 def enriched_schema(writer: AlertSchema, precision: Precision = "double") -> AlertSchema:
-    """The output schema for alerts written with ``writer``, derived once per schema."""
+    """The output schema for alerts written with ``writer``, derived once per schema text.
+
+    It is the writer's text byte for byte with the ``xmatches`` field appended (one the
+    writer already had is replaced). The cache is keyed by the exact text, not by Avro's
+    fingerprint, which ignores ``doc``: two schemas differing only in their docs each get
+    their own output schema.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} (expected one of {PRECISIONS})")
-    key = (writer.fingerprint, precision)
+    key = (writer.text, precision)
     cached = _schemas.get(key)
     if cached is not None:
         return cached
-    document = writer.as_json()
-    fields = [entry for entry in document["fields"] if entry.get("name") != XMATCHES_FIELD]
-    document["fields"] = [*fields, xmatches_field(precision)]
-    derived = schema_from_json(document)
+    derived = schema_from_text(with_last_field(writer.text, xmatches_field(precision)))
     with _lock:
+        if len(_schemas) >= MAX_CACHED_SCHEMAS:
+            _schemas.pop(next(iter(_schemas)))
         return _schemas.setdefault(key, derived)
 
 

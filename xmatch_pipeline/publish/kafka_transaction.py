@@ -48,6 +48,10 @@ class TransactionalPublisherError(KafkaOperationError):
     """A transactional publish failed."""
 
 
+class MessageTooLargeError(TransactionalPublisherError):
+    """The producer refused one message as too large; nothing was queued for it."""
+
+
 class TransactionAbortedError(TransactionalPublisherError):
     """The transaction was aborted: nothing of it is visible; run the batch again."""
 
@@ -105,6 +109,7 @@ class TransactionalPublisher(ClosedOnExit):
         compression: Compression = "zstd",
         linger_ms: int = 20,
         max_message_bytes: int = 1_000_000,
+        batch_bytes: int = 1_000_000,
     ) -> None:
         if not transactional_id:
             raise ValueError("transactional id must not be empty")
@@ -125,7 +130,8 @@ class TransactionalPublisher(ClosedOnExit):
                     # rest (measured on the real alerts: zstd 60 %, lz4 66 % of the size).
                     "compression.type": compression,
                     "linger.ms": linger_ms,
-                    "batch.size": max_message_bytes,
+                    # The broker limits whole batches: keep one within the topic's limit.
+                    "batch.size": min(batch_bytes, max_message_bytes),
                     "message.max.bytes": max_message_bytes,
                     "transaction.timeout.ms": self.timeouts.transaction_timeout_ms,
                     "message.timeout.ms": self.timeouts.transaction_timeout_ms,
@@ -166,11 +172,15 @@ class TransactionalPublisher(ClosedOnExit):
     def produce(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         key: bytes | str | None = None,
         headers: Headers | None = None,
     ) -> None:
-        """Queue one message in the open transaction, waiting while the queue is full."""
+        """Queue one message in the open transaction, waiting while the queue is full.
+
+        A message larger than the producer's ``message.max.bytes`` raises
+        :class:`MessageTooLargeError` and leaves the transaction usable.
+        """
         if not self._in_transaction:
             raise TransactionalPublisherError(
                 f"{self.transactional_id}: produce outside a transaction; call begin() first"
@@ -196,8 +206,14 @@ class TransactionalPublisher(ClosedOnExit):
                 self._producer.poll(0.1)  # deliveries free queue space
             except KafkaException as exception:
                 error: KafkaError = exception.args[0]
-                raise TransactionalPublisherError(
-                    f"{self.transactional_id}: cannot produce a {len(value)}-byte message to "
+                size = len(value) if value is not None else 0
+                kind = (
+                    MessageTooLargeError
+                    if error.code() == KafkaError.MSG_SIZE_TOO_LARGE
+                    else TransactionalPublisherError
+                )
+                raise kind(
+                    f"{self.transactional_id}: cannot produce a {size}-byte message to "
                     f"{topic}: {error.name()} ({error.str()})"
                 ) from exception
         self.produced_in_transaction += 1

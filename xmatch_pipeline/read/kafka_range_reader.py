@@ -54,14 +54,20 @@ _TRANSIENT_CODES = frozenset(
 
 @dataclass(frozen=True)
 class KafkaRecord:
-    """One input message as read; a tombstone's missing value is kept as ``b""``."""
+    """One input message as read; a tombstone's value stays ``None`` (it is dead-lettered
+    as it came, null)."""
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
-    value: bytes
+    value: bytes | None
     timestamp_ms: int | None
+
+    @property
+    def size(self) -> int:
+        """Bytes of the value (0 for a tombstone)."""
+        return len(self.value) if self.value is not None else 0
 
 
 class KafkaRangeError(KafkaOperationError):
@@ -287,12 +293,11 @@ def _record(message: Message, offset_range: OffsetRange) -> KafkaRecord:
     if offset is None:  # librdkafka sets it on every message without an error
         raise KafkaRangeError(offset_range, "the client returned a message without an offset")
     timestamp_type, timestamp = message.timestamp()
-    value = message.value()
     return KafkaRecord(
         topic=offset_range.topic,
         partition=offset_range.partition,
         offset=offset,
         key=message.key(),
-        value=value if value is not None else b"",
+        value=message.value(),
         timestamp_ms=None if timestamp_type == TIMESTAMP_NOT_AVAILABLE else int(timestamp),
     )

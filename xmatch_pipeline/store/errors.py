@@ -40,3 +40,27 @@ class OverlappingRangeError(StoreError):
 
 class LedgerOwnershipError(StoreError):
     """A run tried to finish a ledger entry it does not own (it was taken over or never started)."""
+
+
+class DatabaseUnavailableError(StoreError):
+    """PostgreSQL could not be reached or refused the connection: a system fault, retried."""
+
+
+def database_unavailable(engine_url: object, what: str, error: BaseException) -> StoreError:
+    """The pipeline's own error for a failed connection: what failed, where, and what to do.
+
+    ``engine_url`` is a SQLAlchemy URL; only its host, port, database and user are shown
+    (never the password), and only the driver's message, not SQLAlchemy's wrapper text.
+    """
+    host = getattr(engine_url, "host", None) or "?"
+    port = getattr(engine_url, "port", None) or 5432
+    database = getattr(engine_url, "database", None) or "?"
+    user = getattr(engine_url, "username", None) or "?"
+    cause = getattr(error, "orig", None) or error
+    reason = " ".join(str(cause).split())[:300]
+    return DatabaseUnavailableError(
+        f"{what}: cannot connect to PostgreSQL {database} at {host}:{port} as {user} "
+        f"({type(cause).__name__}: {reason}); check that the server is running and reachable "
+        "and that DB_HOST, DB_PORT, DB_USER, DB_PASSWORD and DB_NAME are right. Nothing was "
+        "read or written; the run can simply be launched again"
+    )

@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, Row, and_, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
 from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.store.advisory_keys import advisory_key, split_key
@@ -36,6 +36,7 @@ from xmatch_pipeline.store.errors import (
     LedgerOwnershipError,
     OverlappingRangeError,
     PartitionBusyError,
+    database_unavailable,
 )
 from xmatch_pipeline.store.tables import (
     LEDGER_LIVE_OVERLAP_CONSTRAINT,
@@ -135,7 +136,12 @@ class RangeLedger:
         refused run can say who holds the partition.
         """
         key = self._lock_key(topic, partition)
-        connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except OperationalError as error:
+            raise database_unavailable(
+                self._engine.url, f"holding partition {topic}[{partition}]", error
+            ) from error
         try:
             if run_id is not None:
                 connection.execute(

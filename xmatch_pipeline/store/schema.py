@@ -11,11 +11,11 @@ from typing import Final
 
 from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.dialects.postgresql import ExcludeConstraint
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.schema import AddConstraint
 
 from xmatch_pipeline.store.advisory_keys import advisory_key
-from xmatch_pipeline.store.errors import SchemaError
+from xmatch_pipeline.store.errors import SchemaError, database_unavailable
 from xmatch_pipeline.store.tables import (
     LEDGER_LIVE_OVERLAP_CONSTRAINT,
     allwise_table,
@@ -30,8 +30,15 @@ _INSUFFICIENT_PRIVILEGE: Final = "42501"
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Create the extension and the tables if missing, and check existing ones hold doubles."""
-    with engine.begin() as connection:
+    """Create the extension and the tables if missing, and check existing ones hold doubles.
+
+    A server that cannot be reached raises :class:`DatabaseUnavailableError`.
+    """
+    try:
+        connection = engine.connect()
+    except OperationalError as error:
+        raise database_unavailable(engine.url, "preparing the schema", error) from error
+    with connection, connection.begin():
         connection.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
         _ensure_extension(connection)
         metadata.create_all(connection, checkfirst=True)
