@@ -170,7 +170,7 @@ def test_ten_thousand_mixed_messages_come_out_exactly_once_and_nothing_waits(
                 services.offsets_reader.lags([input_topic]),
                 services.ledger.entry_starting_at,
                 services.ledger.is_partition_held,
-                (),
+                {},  # nothing in flight: each run ends before the next tick
                 max_messages_per_run=settings.max_messages_per_run,
                 max_attempts=settings.max_run_attempts,
             )
