@@ -153,7 +153,8 @@ def wait_until_redis_ready(
     paths = RedisPaths(settings.devstack_dir)
     deadline = time.monotonic() + timeout_seconds
     while not redis_answers(settings.celery_broker_url):
-        if redis_pid(settings) is None:
+        # Still starting: it may not have renamed itself yet.
+        if running_pid(paths.pid, PACKAGE) is None:
             raise ServiceStartError(f"Redis stopped while starting; see the end of {paths.log}")
         if time.monotonic() > deadline:
             raise ServiceStartError(

@@ -13,10 +13,13 @@ pool processes (no process start and no imports per run).
    this, not the pool process busy with the run, so a long run is never mistaken for a dead
    one. Run monitoring asks once per ``run_monitoring.poll_interval_seconds``, so a dead
    worker is detected within that interval plus ``2 × WORKER_REPLY_TIMEOUT_SECONDS``.
-2. **A broker outage is not the run's fault.** When the broker cannot be reached at launch,
-   the error is raised as Dagster's "user code unreachable", which the queue answers by
-   putting the run back in the queue (``max_user_code_failure_retries`` in dagster.yaml)
-   instead of failing it: runs wait while Redis is down and go on when it is back.
+2. **A broker outage is not the run's fault.** Before sending a run, the broker and the
+   result backend are asked once, briefly, whether they answer (Celery's own publish would
+   retry for ~20 s, and a backend that stays down leaves its result consumer needing a
+   restart). When they do not, the error is raised as Dagster's "user code unreachable",
+   which the queue answers by putting the run back in the queue
+   (``max_user_code_failure_retries`` in dagster.yaml) instead of failing it: runs wait
+   while Redis is down and go on when it is back.
 
 A run failed here is retried by ``kafka_lag_sensor`` over the same range once the
 partition's PostgreSQL lock is free, i.e. once the killed process is really gone.
@@ -36,6 +39,8 @@ from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 WORKER_REPLY_TIMEOUT_SECONDS = 2.0
 #: Questions before a silent worker is taken for dead (one lost reply is not a death).
 WORKER_QUESTIONS = 2
+#: How long the launch waits for the broker to accept a connection.
+BROKER_CHECK_TIMEOUT_SECONDS = 3.0
 
 
 def _broker_errors() -> tuple[type[BaseException], ...]:
@@ -51,12 +56,23 @@ class XmatchCeleryRunLauncher(CeleryRunLauncher):
 
     def launch_run(self, context: LaunchRunContext) -> None:
         try:
+            self._check_broker_answers()
             super().launch_run(context)
         except _broker_errors() as error:
             raise DagsterUserCodeUnreachableError(
                 f"the Celery broker ({self._broker_address()}) is unreachable: {error}. The run "
                 "stays queued and is launched when the broker answers again; check Redis."
             ) from error
+
+    def _check_broker_answers(self) -> None:
+        """Raise a broker error at once when the broker or the result backend is down."""
+        with self.celery.pool.acquire(block=True, timeout=BROKER_CHECK_TIMEOUT_SECONDS) as broker:
+            broker.ensure_connection(
+                max_retries=1, interval_start=0, interval_step=0, timeout=BROKER_CHECK_TIMEOUT_SECONDS
+            )
+        backend_client = getattr(self.celery.backend, "client", None)
+        if backend_client is not None:  # Redis result backend
+            backend_client.ping()
 
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
         health = super().check_run_worker_health(run)
