@@ -55,6 +55,8 @@ HELD_SECONDS = 15.0
 #: the monitoring interval plus two unanswered questions (run_launcher.py).
 DETECTION_SECONDS = {"pool process": 10.0, "worker": MONITOR_INTERVAL_SECONDS + 4 + 10.0}
 COMPLETION_SECONDS = 120.0
+#: Run monitoring's runtime limit in the stuck-run test (other tests: 60 s, never reached).
+STUCK_LIMIT_SECONDS = 10
 
 
 @dataclass
@@ -113,7 +115,8 @@ class Flow:
         succeeded = [run for run in runs if run.status == DagsterRunStatus.SUCCESS]
         assert len(succeeded) == 1, [(run.tags, run.status) for run in runs]
         retry = succeeded[0]
-        range_keys = (run_tags.TOPIC, run_tags.PARTITION, run_tags.START_OFFSET, run_tags.END_OFFSET)
+        range_keys = [run_tags.TOPIC, run_tags.PARTITION, run_tags.START_OFFSET]
+        range_keys.append(run_tags.END_OFFSET)
         assert [retry.tags[key] for key in range_keys] == [failed.tags[key] for key in range_keys]
         assert int(retry.tags[run_tags.ATTEMPT]) > int(failed.tags[run_tags.ATTEMPT])
 
@@ -127,7 +130,10 @@ def flow(
     shared_data_dir: Path,
     cds_server: CdsXmatchServer,
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Flow]:
+    """Alerts in an input topic, a fresh database, a deployment not started yet (the
+    parameter, if any, is run monitoring's runtime limit)."""
     input_topic = new_topic("worker-input")
     output_topic = new_topic("worker-output")
     stream = write_input_stream(kafka_bootstrap, input_topic, shared_data_dir, ALERTS, 81)
@@ -145,7 +151,7 @@ def flow(
             XMATCH_MATCH_CACHE="off",
         )
         with dagster_deployment(
-            devstack, environment, tmp_path, max_runtime_seconds=60
+            devstack, environment, tmp_path, max_runtime_seconds=getattr(request, "param", 60)
         ) as deployment:
             yield Flow(deployment, stream, cds_server, database_url, kafka_bootstrap)
 
@@ -191,46 +197,21 @@ def test_whole_worker_killed_mid_run_is_detected_and_the_range_runs_again_on_ano
     )
 
 
-def test_run_stuck_past_its_limit_is_ended_and_its_range_retried(
-    devstack: DevstackSettings,
-    kafka_bootstrap: str,
-    new_topic: Callable[..., str],
-    shared_data_dir: Path,
-    cds_server: CdsXmatchServer,
-    tmp_path: Path,
-) -> None:
-    input_topic = new_topic("stuck-input")
-    output_topic = new_topic("stuck-output")
-    stream = write_input_stream(kafka_bootstrap, input_topic, shared_data_dir, ALERTS, 82)
-    with fresh_database(devstack.database_url) as database_url:
-        environment = pipeline_environment(
-            kafka_bootstrap=kafka_bootstrap,
-            database_url=database_url,
-            input_topic=input_topic,
-            output_topic=output_topic,
-            group_id=unique_group("worker-stuck"),
-            XMATCH_ENGINE="cds",
-            XMATCH_CDS_URL=cds_server.url,
-            XMATCH_CDS_READ_TIMEOUT="120",
-            XMATCH_CHUNK_MESSAGES=str(CHUNK_MESSAGES),
-            XMATCH_MATCH_CACHE="off",
-        )
-        with dagster_deployment(
-            devstack, environment, tmp_path, max_runtime_seconds=10
-        ) as deployment:
-            flow = Flow(deployment, stream, cds_server, database_url, kafka_bootstrap)
-            deployment.start_worker()
-            flow.hold_next_crossmatch(seconds=30)  # stuck: far past the 10 s limit
-            deployment.start_daemon()
-            run = flow.wait_until_crossmatching()
+@pytest.mark.parametrize("flow", [STUCK_LIMIT_SECONDS], indirect=True)
+def test_run_stuck_past_its_limit_is_ended_and_its_range_retried(flow: Flow) -> None:
+    deployment = flow.deployment
+    deployment.start_worker()
+    flow.hold_next_crossmatch(seconds=3 * STUCK_LIMIT_SECONDS)  # stuck, far past the limit
+    deployment.start_daemon()
+    run = flow.wait_until_crossmatching()
 
-            flow.wait_until_failed(run, 10 + MONITOR_INTERVAL_SECONDS + 10)
-            flow.wait_until_range_committed()
+    flow.wait_until_failed(run, STUCK_LIMIT_SECONDS + MONITOR_INTERVAL_SECONDS + 10)
+    flow.wait_until_range_committed()
 
-            flow.assert_every_alert_exactly_once()
-            flow.assert_failed_then_retried(run)
-            messages = str([event.message for event in deployment.instance.all_logs(run.run_id)])
-            assert "maximum runtime" in messages
+    flow.assert_every_alert_exactly_once()
+    flow.assert_failed_then_retried(run)
+    messages = str([event.message for event in deployment.instance.all_logs(run.run_id)])
+    assert "maximum runtime" in messages
 
 
 def test_runs_wait_while_redis_is_down_and_complete_when_it_is_back(

@@ -8,6 +8,7 @@ import typer
 
 
 def worker_command(
+    *,
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-c", min=1, help="Runs at once (pool processes).")
     ] = 2,
@@ -40,8 +41,8 @@ def worker_command(
 
     Needs DAGSTER_HOME (the project's dagster.yaml: broker, result backend, run storage) and
     the pipeline's settings in the environment, as the daemon has them. SIGTERM finishes the
-    runs in progress and stops (a second SIGTERM or SIGQUIT stops at once; the sensor then
-    retries the abandoned range).
+    runs in progress and stops (SIGQUIT stops at once; the sensor then retries the abandoned
+    range).
     """
     from xmatch_pipeline.orchestration.celery_worker import (
         WorkerOptions,

@@ -1,5 +1,5 @@
-"""The services together (Kafka, PostgreSQL, Redis): start what is missing (once, even with concurrent callers), stop,
-and report whether they answer."""
+"""The services together (Kafka, PostgreSQL, Redis): start what is missing (once, even with
+concurrent callers), stop, and report whether they answer."""
 
 from __future__ import annotations
 

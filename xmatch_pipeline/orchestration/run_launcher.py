@@ -12,7 +12,7 @@ pool processes (no process start and no imports per run).
    means the run's worker is gone and the run is failed. The worker's main process answers
    this, not the pool process busy with the run, so a long run is never mistaken for a dead
    one. Run monitoring asks once per ``run_monitoring.poll_interval_seconds``, so a dead
-   worker is detected within that interval plus ``2 × WORKER_REPLY_TIMEOUT_SECONDS``.
+   worker is detected within that interval plus ``2 * WORKER_REPLY_TIMEOUT_SECONDS``.
 2. **A broker outage is not the run's fault.** Before sending a run, the broker and the
    result backend are asked once, briefly, whether they answer (Celery's own publish would
    retry for ~20 s, and a backend that stays down leaves its result consumer needing a
@@ -68,7 +68,10 @@ class XmatchCeleryRunLauncher(CeleryRunLauncher):
         """Raise a broker error at once when the broker or the result backend is down."""
         with self.celery.pool.acquire(block=True, timeout=BROKER_CHECK_TIMEOUT_SECONDS) as broker:
             broker.ensure_connection(
-                max_retries=1, interval_start=0, interval_step=0, timeout=BROKER_CHECK_TIMEOUT_SECONDS
+                max_retries=1,
+                interval_start=0,
+                interval_step=0,
+                timeout=BROKER_CHECK_TIMEOUT_SECONDS,
             )
         backend_client = getattr(self.celery.backend, "client", None)
         if backend_client is not None:  # Redis result backend
@@ -89,9 +92,9 @@ class XmatchCeleryRunLauncher(CeleryRunLauncher):
             return recheck
         return CheckRunHealthResult(
             WorkerStatus.FAILED,
-            f"the Celery worker {worker} that took this run no longer runs it (no answer "
-            f"within {WORKER_QUESTIONS} × {WORKER_REPLY_TIMEOUT_SECONDS:g} s, or it does not "
-            "know the task): it was killed or lost; the sensor retries the range.",
+            f"the Celery worker {worker} that took this run no longer runs it (no answer to "
+            f"{WORKER_QUESTIONS} questions of {WORKER_REPLY_TIMEOUT_SECONDS:g} s each, or it "
+            "does not know the task): it was killed or lost; the sensor retries the range.",
         )
 
     def _task_worker(self, task_id: str) -> str | None:
