@@ -1,10 +1,13 @@
 """The long-lived run worker: a Celery worker that executes this code location's runs.
 
 The app is the instance's own run launcher's (``DAGSTER_HOME``'s dagster.yaml: broker,
-result backend and Celery settings in one place), with dagster-celery's run tasks, which
-execute a run inside the pool process (``_execute_run_command_body``). The main process
-imports the code location once before the prefork pool forks its processes, so every pool
-process, including those that replace a recycled one, starts warm: a run pays no imports.
+result backend and Celery settings in one place). Its run tasks carry dagster-celery's names
+and arguments and execute the run inside the pool process as dagster-celery's do
+(``_execute_run_command_body``), with one difference: each pool process keeps one Dagster
+instance for all its runs, where dagster-celery opens a new one (storage engines, config)
+per run. The main process imports the code location and Dagster's storage once before the
+prefork pool forks, so every pool process, including one that replaces a recycled one,
+starts warm: a run pays no imports.
 
 Each pool process logs the runs it takes and how they end. SIGTERM is Celery's warm
 shutdown: the worker takes no new run and finishes the ones it runs. A worker killed anyway
@@ -23,8 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from dagster import DagsterInstance
+from dagster._cli.api import _execute_run_command_body, _resume_run_command_body
+from dagster._grpc.types import ExecuteRunArgs, ResumeRunArgs
+from dagster._serdes import unpack_value
+from dagster_celery.config import TASK_EXECUTE_JOB_NAME, TASK_RESUME_JOB_NAME
 from dagster_celery.launcher import CeleryRunLauncher
-from dagster_celery.tasks import create_execute_job_task, create_resume_job_task
 
 from xmatch_pipeline.orchestration import run_tags
 
@@ -72,10 +78,51 @@ def _launcher_app() -> Any:
         instance.dispose()
 
 
-def _import_code_location() -> None:
-    """Import the code location and what executing a run needs, once, before the fork."""
-    import dagster._cli.api  # noqa: F401  (the run execution entry point)
+_process_instance: DagsterInstance | None = None
 
+
+def process_instance() -> DagsterInstance:
+    """This pool process's Dagster instance, made on its first run (after the fork: no
+    connection is ever shared between processes) and kept for the next ones."""
+    global _process_instance  # noqa: PLW0603  (one per process by design)
+    if _process_instance is None:
+        _process_instance = DagsterInstance.get()
+    return _process_instance
+
+
+def _ignore_event(_event: Any) -> None:
+    """The run's events go to the instance's event log; nothing to stream back."""
+
+
+def register_run_tasks(app: Any) -> None:
+    """dagster-celery's run tasks (same names, same arguments), on the process's instance."""
+
+    @app.task(bind=True, name=TASK_EXECUTE_JOB_NAME, track_started=True)  # type: ignore[untyped-decorator]
+    def execute_job(_task: Any, execute_job_args_packed: Any) -> int:
+        args = unpack_value(execute_job_args_packed, as_type=ExecuteRunArgs)
+        return _execute_run_command_body(
+            instance=process_instance(),
+            run_id=args.run_id,
+            write_stream_fn=_ignore_event,
+            set_exit_code_on_failure=args.set_exit_code_on_failure is not False,
+        )
+
+    @app.task(bind=True, name=TASK_RESUME_JOB_NAME, track_started=True)  # type: ignore[untyped-decorator]
+    def resume_job(_task: Any, execute_job_args_packed: Any) -> int:
+        # The launcher's resume_run sends its arguments under this name (dagster-celery's own
+        # resume task expects another and would fail); unused while max_resume_run_attempts
+        # is 0 (dagster.yaml).
+        args = unpack_value(execute_job_args_packed, as_type=ResumeRunArgs)
+        return _resume_run_command_body(
+            instance=process_instance(),
+            run_id=args.run_id,
+            write_stream_fn=_ignore_event,
+            set_exit_code_on_failure=args.set_exit_code_on_failure is not False,
+        )
+
+
+def _import_code_location() -> None:
+    """Import the code location, once, before the fork."""
     from xmatch_pipeline.orchestration import definitions
 
     # Build the repository once so that each run's job lookup finds it built.
@@ -86,18 +133,14 @@ class _RunLog:
     """Logs each run a pool process takes and how it ends (Celery's task signals)."""
 
     def __init__(self) -> None:
-        self._instance: DagsterInstance | None = None
         self._started: dict[str, float] = {}
 
-    def _run(self, run_id: str) -> Any:
-        if self._instance is None:  # one per pool process, made after the fork
-            self._instance = DagsterInstance.get()
-        return self._instance.get_run_by_id(run_id)
+    @staticmethod
+    def _run(run_id: str) -> Any:
+        return process_instance().get_run_by_id(run_id)
 
     @staticmethod
     def _run_id(kwargs: dict[str, Any]) -> str | None:
-        from dagster._serdes import unpack_value
-
         packed = kwargs.get("execute_job_args_packed")
         if packed is None:
             return None
@@ -136,8 +179,7 @@ def build_worker_app() -> Any:
     from celery import signals
 
     app = _launcher_app()
-    create_execute_job_task(app)
-    create_resume_job_task(app)
+    register_run_tasks(app)
     _import_code_location()
     run_log = _RunLog()
 
