@@ -192,7 +192,7 @@ def measure_memory(devstack, index_dir, alerts: list[bytes], runs: int) -> dict[
         samples: dict[int, float] = {}
         started = time.monotonic()
         for checkpoint in (10, runs):
-            current.wait_finished(checkpoint, 30 + 3 * runs)
+            current.wait_finished(checkpoint, 60 + 10 * runs)
             samples[checkpoint] = process_tree_rss_mb(worker.pid)
         elapsed = time.monotonic() - started
         failed = sum(1 for run in current.runs() if run["status"] == "FAILURE")
@@ -244,11 +244,13 @@ def main() -> None:
             devstack, data.catalog_index, alerts, arguments.latency_runs
         )
         print(json.dumps(results["start_latency"]), flush=True)
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     if arguments.only in (None, "memory"):
         results["memory"] = measure_memory(
             devstack, data.catalog_index, alerts, arguments.memory_runs
         )
         print(json.dumps(results["memory"]), flush=True)
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     if arguments.only in (None, "scaling"):
         results["scaling"] = [
             measure_scaling(devstack, data.catalog_index, alerts, workers) for workers in (1, 2)
