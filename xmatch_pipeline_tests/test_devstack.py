@@ -158,7 +158,8 @@ def test_status_prints_celery_urls_that_reach_our_redis(devstack: DevstackSettin
     for url in (printed["CELERY_BROKER_URL"], printed["CELERY_RESULT_BACKEND"]):
         client = redis.Redis.from_url(url, socket_timeout=5)
         assert client.ping()
-        assert client.config_get("port")["port"] == str(devstack.redis_port)
+        port: dict[str, str] = client.config_get("port")  # type: ignore[assignment]
+        assert port["port"] == str(devstack.redis_port)
         client.close()
 
 
@@ -166,7 +167,7 @@ def test_missing_redis_without_root_names_the_package(monkeypatch):
     from xmatch_pipeline.devstack import redis_server
 
     monkeypatch.setattr(redis_server, "_installed_binary", lambda: None)
-    monkeypatch.setattr(redis_server.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
 
     with pytest.raises(PrerequisiteMissingError, match="apt-get install redis-server"):
         redis_server.find_redis_server()
