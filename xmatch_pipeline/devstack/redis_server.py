@@ -56,22 +56,29 @@ def find_redis_server() -> str:
     apt_get = shutil.which("apt-get")
     if os.geteuid() != 0 or apt_get is None:
         raise PrerequisiteMissingError(f"Redis (Celery's broker) was not found; {_INSTALL_HINT}.")
-    completed = subprocess.run(
-        [apt_get, "install", "-y", "--no-install-recommends", PACKAGE],
+    completed = _apt_get(apt_get, "install", "-y", "--no-install-recommends", PACKAGE)
+    if completed.returncode != 0:  # a fresh machine may have no package lists yet
+        _apt_get(apt_get, "update")
+        completed = _apt_get(apt_get, "install", "-y", "--no-install-recommends", PACKAGE)
+    found = _installed_binary()
+    if completed.returncode != 0 or found is None:
+        said = (completed.stderr or completed.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise PrerequisiteMissingError(
+            f"'apt-get install {PACKAGE}' failed ({said[0]}), also after 'apt-get update'; "
+            f"check the package mirror, or {_INSTALL_HINT}."
+        )
+    return found
+
+
+def _apt_get(apt_get: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [apt_get, *arguments],
         capture_output=True,
         text=True,
         timeout=APT_TIMEOUT_SECONDS,
         check=False,
         env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
     )
-    found = _installed_binary()
-    if completed.returncode != 0 or found is None:
-        said = (completed.stderr or completed.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise PrerequisiteMissingError(
-            f"'apt-get install {PACKAGE}' failed ({said[0]}); run 'apt-get update' and try "
-            f"again, or {_INSTALL_HINT}."
-        )
-    return found
 
 
 def _config(settings: DevstackSettings, paths: RedisPaths) -> str:
