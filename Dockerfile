@@ -1,5 +1,7 @@
-# One image for the three Dagster processes (code location, webserver, daemon): the same
-# code and dependencies everywhere, chosen by the command in docker-compose.yml.
+# One image for the Dagster processes (code location, webserver, daemon) and the run workers
+# (xmatch-pipeline worker): the same code and dependencies everywhere, so a run's code origin
+# (this image's python and module) resolves in the worker; chosen by the command in
+# docker-compose.yml.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -34,7 +34,7 @@ def _compose() -> dict[str, Any]:
 
 def test_compose_environment_is_valid_pipeline_settings():
     compose = _compose()
-    for service in ("code-location", "webserver", "daemon"):
+    for service in ("code-location", "webserver", "daemon", "worker"):
         environment = {k: str(v) for k, v in compose["services"][service]["environment"].items()}
         settings = load_settings(environment)
         assert settings.kafka_bootstrap_servers == "kafka:9092"
@@ -45,10 +45,22 @@ def test_compose_environment_is_valid_pipeline_settings():
 def test_compose_dagster_storage_variables_are_those_dagster_yaml_reads():
     dagster_yaml = (PROJECT_ROOT / "dagster.yaml").read_text()
     wanted = set(re.findall(r"\{env: (\w+)\}", dagster_yaml))
-    assert wanted, "dagster.yaml reads its storage settings from the environment"
+    assert {"DAGSTER_PG_HOST", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"} <= wanted
     compose = _compose()
-    for service in ("webserver", "daemon"):
+    for service in ("webserver", "daemon", "worker"):
         assert wanted <= set(compose["services"][service]["environment"])
+
+
+def test_compose_broker_is_the_redis_service_and_workers_scale():
+    compose = _compose()
+    services = compose["services"]
+    broker = str(services["worker"]["environment"]["CELERY_BROKER_URL"])
+    assert broker.startswith("redis://redis:")
+    worker = services["worker"]
+    assert worker["command"][:2] == ["xmatch-pipeline", "worker"]
+    # --scale needs no fixed name and no published port.
+    assert "container_name" not in worker
+    assert "ports" not in worker
 
 
 def test_compose_files_mounted_and_copied_exist():

@@ -141,6 +141,38 @@ def test_status_prints_settings_that_reach_both_services(devstack: DevstackSetti
     assert metadata.brokers
 
 
+def test_status_prints_celery_urls_that_reach_our_redis(devstack: DevstackSettings):
+    import redis
+
+    from xmatch_pipeline.devstack.redis_server import redis_pid
+
+    result = CliRunner().invoke(app, ["status"])
+
+    assert result.exit_code == 0, result.output
+    printed = _parse_status(result.stdout)
+    assert printed["CELERY_BROKER_URL"] == f"redis://127.0.0.1:{devstack.redis_port}/0"
+    assert printed["CELERY_RESULT_BACKEND"] == f"redis://127.0.0.1:{devstack.redis_port}/1"
+    assert "# redis: up" in result.output
+    # Ours, on its own port (not a system Redis on 6379), answering both databases.
+    assert redis_pid(devstack) is not None
+    for url in (printed["CELERY_BROKER_URL"], printed["CELERY_RESULT_BACKEND"]):
+        client = redis.Redis.from_url(url, socket_timeout=5)
+        assert client.ping()
+        port: dict[str, str] = client.config_get("port")  # type: ignore[assignment]
+        assert port["port"] == str(devstack.redis_port)
+        client.close()
+
+
+def test_missing_redis_without_root_names_the_package(monkeypatch):
+    from xmatch_pipeline.devstack import redis_server
+
+    monkeypatch.setattr(redis_server, "_installed_binary", lambda: None)
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+
+    with pytest.raises(PrerequisiteMissingError, match="apt-get install redis-server"):
+        redis_server.find_redis_server()
+
+
 def test_status_quiet_prints_nothing_and_exits_zero(devstack: DevstackSettings):
     result = CliRunner().invoke(app, ["status", "--quiet"])
 
@@ -152,6 +184,7 @@ def test_status_quiet_exits_one_when_nothing_answers(tmp_path, monkeypatch):
     monkeypatch.setenv("XMATCH_DEVSTACK_DIR", str(tmp_path))
     monkeypatch.setenv("XMATCH_DEVSTACK_KAFKA_PORT", str(_free_port()))
     monkeypatch.setenv("XMATCH_DEVSTACK_POSTGRES_PORT", str(_free_port()))
+    monkeypatch.setenv("XMATCH_DEVSTACK_REDIS_PORT", str(_free_port()))
 
     result = CliRunner().invoke(app, ["status", "--quiet"])
 
@@ -240,6 +273,7 @@ def test_settings_follow_environment_overrides(tmp_path, monkeypatch):
     monkeypatch.setenv("XMATCH_DEVSTACK_DIR", str(tmp_path))
     monkeypatch.setenv("XMATCH_DEVSTACK_KAFKA_PORT", "29092")
     monkeypatch.setenv("XMATCH_DEVSTACK_POSTGRES_PORT", "25432")
+    monkeypatch.setenv("XMATCH_DEVSTACK_REDIS_PORT", "26379")
 
     settings = devstack_settings()
 
@@ -248,6 +282,8 @@ def test_settings_follow_environment_overrides(tmp_path, monkeypatch):
     assert settings.kafka_controller_port == 29093
     assert settings.database_url == "postgresql+psycopg2://xmatch:xmatch@127.0.0.1:25432/xmatch"
     assert settings.dagster_postgres_url.endswith("@127.0.0.1:25432/dagster")
+    assert settings.celery_broker_url == "redis://127.0.0.1:26379/0"
+    assert settings.celery_result_backend_url == "redis://127.0.0.1:26379/1"
 
 
 def test_bad_port_in_environment_is_named(monkeypatch):

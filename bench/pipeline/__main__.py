@@ -295,7 +295,12 @@ def _write_outputs(results: dict[str, Any], quick: bool) -> None:
     )  # fmt: skip
     report = (RESULTS_DIR / f"{stem}.md") if quick else (PROJECT_ROOT / "docs" / "benchmarks.md")
     write_plot(results, plot)
-    report.write_text(write_report(results, plot.relative_to(report.parent)))
+    from bench.workers import kept_workers_section
+
+    old = report.read_text() if report.exists() else ""
+    report.write_text(
+        kept_workers_section(write_report(results, plot.relative_to(report.parent)), old)
+    )
     _log(f"done in {results['total_seconds'] / 60:.1f} min: {report}, {plot}")
 
 

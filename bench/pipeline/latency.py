@@ -4,8 +4,10 @@ A producer sends alerts at a steady rate, round-robin over the input partitions;
 Dagster daemon (``dagster-daemon run`` on the project's ``workspace.yaml``, with
 ``DAGSTER_HOME`` a temporary folder holding the project's ``dagster.yaml`` and its storage in
 a fresh database) evaluates ``kafka_lag_sensor`` every 5 s and launches one queued run per
-lagging partition; a ``read_committed`` consumer notes when each enriched alert becomes
-visible in the output topic. Latency = that moment minus the moment the input was produced.
+lagging partition to the Celery broker, where a warm ``xmatch-pipeline worker`` (started
+beside the daemon, one pool process per partition) takes it; a ``read_committed`` consumer
+notes when each enriched alert becomes visible in the output topic. Latency = that moment
+minus the moment the input was produced.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -141,6 +144,32 @@ def _start_daemon(environment: dict[str, str], log_path: Path) -> subprocess.Pop
         )
 
 
+def start_worker(
+    environment: dict[str, str], log_path: Path, *, concurrency: int = 1, name: str | None = None
+) -> subprocess.Popen[bytes]:
+    """An ``xmatch-pipeline worker`` (the project's run worker) in its own process group, once
+    it is ready to take runs (its code location imported)."""
+    command = [
+        str(Path(sys.executable)), "-m", "xmatch_pipeline.cli.main", "worker",
+        "--concurrency", str(concurrency), *(["--name", name] if name else []),
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopped as one afterwards
+        )
+    deadline = time.monotonic() + DAEMON_READY_TIMEOUT_SECONDS
+    while " ready." not in log_path.read_text(errors="replace"):
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"xmatch-pipeline worker not ready:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return worker
+
+
 def _wait_for_sensor(daemon: subprocess.Popen[bytes], log_path: Path) -> None:
     deadline = time.monotonic() + DAEMON_READY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
@@ -153,7 +182,7 @@ def _wait_for_sensor(daemon: subprocess.Popen[bytes], log_path: Path) -> None:
 
 
 def _stop_daemon(daemon: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the daemon's process group (daemon, code server, run workers), then SIGKILL."""
+    """SIGTERM the process group (daemon and code server, or a worker), then SIGKILL."""
     if daemon.poll() is not None:
         return
     os.killpg(daemon.pid, signal.SIGTERM)
@@ -274,6 +303,7 @@ def measure_latency(
             DAGSTER_HOME=str(work_dir),
             DAGSTER_PG_DB=database_name(dagster_url),
         )
+        worker = start_worker(environment, work_dir / "worker.log", concurrency=partitions)
         daemon = _start_daemon(environment, log_path)
         recorder = _ArrivalRecorder(devstack.kafka_bootstrap_servers, output_topic, partitions)
         try:
@@ -292,6 +322,7 @@ def measure_latency(
             recorder.join(timeout=10)
         finally:
             _stop_daemon(daemon)
+            _stop_daemon(worker)
             recorder.stop.set()
         runs = _ledger_runs(database_url)
         dagster_runs = _dagster_runs(dagster_url)

@@ -2,7 +2,8 @@
 
 Starts the devstack, builds the demo catalog and alerts, replays the alerts into an input
 topic, serves the catalog over the CDS protocol (so the demo uses the same CDS client as
-production) and runs ``dagster dev`` with the lag sensor on.
+production), starts a run worker (``xmatch-pipeline worker``: runs execute in its warm pool
+processes, as in production) and runs ``dagster dev`` with the lag sensor on.
 """
 
 from __future__ import annotations
@@ -114,12 +115,20 @@ def demo_command(
         if not _wait_for_port("127.0.0.1", cds_port, 30):
             typer.echo(f"demo: cds-server did not start on port {cds_port}", err=True)
             raise typer.Exit(code=2)
+    children.append(
+        subprocess.Popen(
+            [sys.executable, "-m", "xmatch_pipeline.cli.main", "worker", "--concurrency", "2"],
+            env=environment,
+            cwd=dagster_home,
+        )
+    )
     typer.echo(
         "\n".join(
             [
                 "",
                 f"demo: Dagster UI on http://127.0.0.1:{port} (Ctrl-C stops the demo)",
-                "demo: kafka_lag_sensor is on; runs appear under Runs within a minute",
+                "demo: kafka_lag_sensor is on; runs appear under Runs within a minute and run in "
+                "the worker started beside dagster dev",
                 "demo: look at the results with",
                 f"  .venv/bin/xmatch-pipeline alerts tail --topic {DEMO_OUTPUT_TOPIC} --count 3",
                 f"  PGPASSWORD={devstack.postgres_password} psql -h {devstack.postgres_host} "

@@ -1,4 +1,5 @@
-"""``xmatch-pipeline devstack up | down | status``: the local Kafka broker and PostgreSQL."""
+"""``xmatch-pipeline devstack up | down | status``: the local Kafka broker, PostgreSQL and
+Redis (Celery's broker)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from xmatch_pipeline.devstack import (
 )
 
 app = typer.Typer(
-    help="Local Apache Kafka (KRaft) and PostgreSQL for development, tests and the demo.",
+    help="Local Apache Kafka (KRaft), PostgreSQL and Redis for development, tests and the demo.",
     no_args_is_help=True,
 )
 
@@ -28,7 +29,7 @@ def _fail(error: DevstackError) -> typer.Exit:
 
 @app.command()
 def up() -> None:
-    """Start whatever is not running and wait until both services accept connections."""
+    """Start whatever is not running and wait until every service accepts connections."""
     started = time.monotonic()
     try:
         settings = ensure_devstack_running()
@@ -37,14 +38,15 @@ def up() -> None:
     typer.echo(
         f"devstack up in {time.monotonic() - started:.1f} s: Kafka on "
         f"{settings.kafka_bootstrap_servers}, PostgreSQL on {settings.postgres_host}:"
-        f"{settings.postgres_port} (data and logs in {settings.devstack_dir})",
+        f"{settings.postgres_port}, Redis (Celery's broker) on {settings.celery_broker_url} "
+        f"(data and logs in {settings.devstack_dir})",
         err=True,
     )
 
 
 @app.command()
 def down() -> None:
-    """Stop both services cleanly; their data stays for the next ``up``."""
+    """Stop the services cleanly; their data stays for the next ``up``."""
     try:
         was_running = stop_devstack()
     except DevstackError as error:
@@ -56,7 +58,7 @@ def down() -> None:
 @app.command()
 def status(
     quiet: bool = typer.Option(
-        False, "--quiet", "-q", help="Print nothing; exit 0 if both services answer, else 1."
+        False, "--quiet", "-q", help="Print nothing; exit 0 if every service answers, else 1."
     ),
 ) -> None:
     """Print the connection settings as KEY=VALUE lines (for ``eval``/``export``); exit 1 if a
@@ -68,6 +70,7 @@ def status(
             typer.echo(f"{key}={shlex.quote(value)}")
         typer.echo(f"# kafka: {'up' if health.kafka else 'DOWN'}", err=True)
         typer.echo(f"# postgres: {'up' if health.postgres else 'DOWN'}", err=True)
+        typer.echo(f"# redis: {'up' if health.redis else 'DOWN'}", err=True)
     raise typer.Exit(code=0 if health.all_up else 1)
 
 

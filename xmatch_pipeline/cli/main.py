@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from xmatch_pipeline.cli import alerts, catalog, cds_server, crossmatch, demo, devstack
+from xmatch_pipeline.cli import alerts, catalog, cds_server, crossmatch, demo, devstack, worker
 
 app = typer.Typer(
     name="xmatch-pipeline",
@@ -18,6 +18,7 @@ app.add_typer(catalog.app, name="catalog")
 app.command("crossmatch")(crossmatch.crossmatch_command)
 app.command("cds-server")(cds_server.cds_server_command)
 app.command("demo")(demo.demo_command)
+app.command("worker")(worker.worker_command)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ DEVSTACK_DIR_ENV = "XMATCH_DEVSTACK_DIR"
 KAFKA_PORT_ENV = "XMATCH_DEVSTACK_KAFKA_PORT"
 KAFKA_CONTROLLER_PORT_ENV = "XMATCH_DEVSTACK_KAFKA_CONTROLLER_PORT"
 POSTGRES_PORT_ENV = "XMATCH_DEVSTACK_POSTGRES_PORT"
+REDIS_PORT_ENV = "XMATCH_DEVSTACK_REDIS_PORT"
 
 DEFAULT_KAFKA_PORT = 19092
 DEFAULT_POSTGRES_PORT = 15432
+DEFAULT_REDIS_PORT = 16379
 LOOPBACK_HOST = "127.0.0.1"
 
 #: A dev stack on loopback only: fixed, well-known credentials keep the settings derivable
@@ -21,11 +23,15 @@ POSTGRES_USER = "xmatch"
 POSTGRES_PASSWORD = "xmatch"
 PIPELINE_DATABASE = "xmatch"
 DAGSTER_DATABASE = "dagster"
+#: Redis databases: Celery's broker (the run queue) and its result backend (task states that
+#: run monitoring reads), apart so that flushing one never loses the other.
+BROKER_REDIS_DATABASE = 0
+RESULT_REDIS_DATABASE = 1
 
 
 @dataclass(frozen=True)
 class DevstackSettings:
-    """How to reach the devstack's Kafka broker and PostgreSQL server."""
+    """How to reach the devstack's Kafka broker, PostgreSQL server and Redis (Celery's broker)."""
 
     kafka_host: str
     kafka_port: int
@@ -37,6 +43,8 @@ class DevstackSettings:
     postgres_database: str
     dagster_database: str
     devstack_dir: Path
+    redis_host: str = LOOPBACK_HOST
+    redis_port: int = DEFAULT_REDIS_PORT
 
     kafka_bootstrap_servers: str = field(init=False)
     database_url: str = field(init=False)
@@ -44,6 +52,11 @@ class DevstackSettings:
     dagster_postgres_url: str = field(init=False)
     """Dagster's run storage database. The driver is explicit: SQLAlchemy 2.1 (which Dagster
     hands the URL to) no longer picks psycopg2 for a bare ``postgresql://``."""
+    celery_broker_url: str = field(init=False)
+    """The run queue the run launcher sends runs to and ``xmatch-pipeline worker`` takes them
+    from."""
+    celery_result_backend_url: str = field(init=False)
+    """Where workers record each run's task state, which run monitoring reads."""
 
     def __post_init__(self) -> None:
         credentials = f"{self.postgres_user}:{self.postgres_password}"
@@ -54,9 +67,14 @@ class DevstackSettings:
             "dagster_postgres_url": (
                 f"postgresql+psycopg2://{credentials}@{server}/{self.dagster_database}"
             ),
+            "celery_broker_url": self.redis_url(BROKER_REDIS_DATABASE),
+            "celery_result_backend_url": self.redis_url(RESULT_REDIS_DATABASE),
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)
+
+    def redis_url(self, database: int) -> str:
+        return f"redis://{self.redis_host}:{self.redis_port}/{database}"
 
     def as_environment(self) -> dict[str, str]:
         """The settings as environment variables: this project's names and the original step's."""
@@ -78,6 +96,9 @@ class DevstackSettings:
             "DAGSTER_PG_USER": self.postgres_user,
             "DAGSTER_PG_PASSWORD": self.postgres_password,
             "DAGSTER_PG_DB": self.dagster_database,
+            # The variables dagster.yaml's run launcher and the workers read.
+            "CELERY_BROKER_URL": self.celery_broker_url,
+            "CELERY_RESULT_BACKEND": self.celery_result_backend_url,
             "XMATCH_DEVSTACK_DIR": str(self.devstack_dir),
         }
 
@@ -128,4 +149,5 @@ def devstack_settings() -> DevstackSettings:
         postgres_database=PIPELINE_DATABASE,
         dagster_database=DAGSTER_DATABASE,
         devstack_dir=devstack_dir,
+        redis_port=_port_from_environment(REDIS_PORT_ENV, DEFAULT_REDIS_PORT),
     )

@@ -1,5 +1,5 @@
-"""Both services together: start what is missing (once, even with concurrent callers), stop,
-and report whether they answer."""
+"""The services together (Kafka, PostgreSQL, Redis): start what is missing (once, even with
+concurrent callers), stop, and report whether they answer."""
 
 from __future__ import annotations
 
@@ -28,6 +28,14 @@ from xmatch_pipeline.devstack.postgres_server import (
     wait_until_postgres_ready,
 )
 from xmatch_pipeline.devstack.probes import kafka_answers, postgres_answers
+from xmatch_pipeline.devstack.redis_server import (
+    preflight_redis,
+    redis_answers,
+    redis_pid,
+    start_redis,
+    stop_redis,
+    wait_until_redis_ready,
+)
 from xmatch_pipeline.devstack.settings import DEVSTACK_DIR_ENV, DevstackSettings, devstack_settings
 
 LOCK_TIMEOUT_SECONDS = 600.0
@@ -39,17 +47,20 @@ class ServiceHealth:
 
     kafka: bool
     postgres: bool
+    redis: bool
 
     @property
     def all_up(self) -> bool:
-        return self.kafka and self.postgres
+        return self.kafka and self.postgres and self.redis
 
 
 def check_health(settings: DevstackSettings) -> ServiceHealth:
-    """Ask both services a cheap question (metadata; ``SELECT 1`` on the pipeline database)."""
+    """Ask each service a cheap question (metadata; ``SELECT 1`` on the pipeline database;
+    PING)."""
     return ServiceHealth(
         kafka=kafka_answers(settings.kafka_bootstrap_servers),
         postgres=postgres_answers(settings.database_url),
+        redis=redis_answers(settings.celery_broker_url),
     )
 
 
@@ -94,8 +105,12 @@ def _exclusive(devstack_dir: Path) -> Iterator[None]:
 
 
 def _own_services_running(settings: DevstackSettings) -> bool:
-    """Both processes are this devstack's own, not something else answering on its ports."""
-    return kafka_pid(settings) is not None and postgres_pid(settings) is not None
+    """The processes are this devstack's own, not something else answering on its ports."""
+    return (
+        kafka_pid(settings) is not None
+        and postgres_pid(settings) is not None
+        and redis_pid(settings) is not None
+    )
 
 
 def ensure_devstack_running(settings: DevstackSettings | None = None) -> DevstackSettings:
@@ -112,19 +127,26 @@ def ensure_devstack_running(settings: DevstackSettings | None = None) -> Devstac
         # Every check first, so a missing prerequisite never leaves one service half started.
         preflight_postgres(settings)
         preflight_kafka(settings)
-        # Start both before waiting on either: the JVM and PostgreSQL boot in parallel.
+        preflight_redis(settings)
+        # Start all before waiting on any: the JVM, PostgreSQL and Redis boot in parallel.
         start_postgres(settings)
         start_kafka(settings)
+        start_redis(settings)
         wait_until_postgres_ready(settings)
+        wait_until_redis_ready(settings)
         wait_until_kafka_ready(settings)
     return settings
 
 
 def stop_devstack(settings: DevstackSettings | None = None) -> dict[str, bool]:
-    """Stop both services; for each, whether it was running."""
+    """Stop the services; for each, whether it was running."""
     settings = settings or devstack_settings()
     if not settings.devstack_dir.is_dir():
-        return {"kafka": False, "postgres": False}
+        return {"kafka": False, "postgres": False, "redis": False}
     with _exclusive(settings.devstack_dir):
         # Kafka first: clients of both often write to the database on Kafka's behalf.
-        return {"kafka": stop_kafka(settings), "postgres": stop_postgres(settings)}
+        return {
+            "kafka": stop_kafka(settings),
+            "postgres": stop_postgres(settings),
+            "redis": stop_redis(settings),
+        }
