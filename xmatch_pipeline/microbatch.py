@@ -78,6 +78,9 @@ class MicrobatchConfig:
     output_precision: Precision = "double"
     use_match_cache: bool = False
     stall_timeout_seconds: float = 60.0
+    publisher_kafka: KafkaClientConfig | None = None
+    """The transactional producer's connection when its credentials differ from the
+    reader's (``PRODUCER_KAFKA_…``); None: the same as ``kafka``."""
 
 
 @dataclass
@@ -260,7 +263,9 @@ class MicrobatchRunner:
             if mode == "live"
             else backfill_transactional_id(offset_range)
         )
-        return TransactionalPublisher(self.config.kafka, transactional_id)
+        return TransactionalPublisher(
+            self.config.publisher_kafka or self.config.kafka, transactional_id
+        )
 
     def _run_held(self, run: _RangeRun, still_held: Callable[[], bool]) -> None:
         config = self.config
@@ -338,6 +343,7 @@ class MicrobatchRunner:
             publisher.commit_with_offsets(
                 {(run.offset_range.topic, run.offset_range.partition): run.offset_range.end},
                 reader.consumer_group_metadata(),
+                reader.group_id,
             )
             run.report.offsets_committed = True
         else:
