@@ -475,4 +475,8 @@ def write_report(results: dict[str, Any], plot: Path) -> str:
             "Not run this time: add `--with-engines` (about 100 s); the last results are in "
             "`bench/results/crossmatch_engines.md`."
         ]
+    from bench.soak.summary import saved_section
+
+    soak = saved_section()  # the soak runs on its own (bench.soak): its last results
+    lines += ["", *soak] if soak else []
     return "\n".join(lines).rstrip() + "\n"
