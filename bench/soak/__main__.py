@@ -102,6 +102,7 @@ class _Probe:
             "lag": lags if isinstance(lags, dict) else None,
             "lag_error": lags if isinstance(lags, str) else None,
             "rss_by_role": rss_by_role(processes),
+            "count_by_role": dict(Counter(p.role for p in processes)),
             "run_worker_rss": [p.rss_bytes for p in processes if p.role == "run_worker"],
             "processes": len(processes),
             "produced": sum(len(times) for times in list(self._sent.values())),

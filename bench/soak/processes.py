@@ -16,10 +16,12 @@ from pathlib import Path
 
 PROC = Path("/proc")
 #: (role, words any of which in the command line give it), checked in order.
+#: The default run launcher starts each run as a ``multiprocessing`` child of the code
+#: server, with ``tail -F`` and ``watch_orphans`` helpers capturing its logs.
 ROLES = (
-    ("run_worker", ("execute_run", "execute_step", "api execute")),
+    ("run_worker", ("execute_run", "execute_step", "spawn_main", "watch_orphans", "tail -F")),
     ("celery_worker", ("celery",)),
-    ("code_server", ("code-server", "api grpc", "grpc")),
+    ("code_server", ("code-server", "api grpc", "resource_tracker")),
     ("daemon", ("dagster-daemon",)),
 )
 LONG_LIVED_ROLES = ("daemon", "code_server", "celery_worker")

@@ -93,6 +93,14 @@ def _mb(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}"
 
 
+def _most_processes(samples: Sequence[Mapping[str, Any]]) -> str:
+    most: dict[str, int] = {}
+    for sample in samples:
+        for role, count in (sample.get("count_by_role") or {}).items():
+            most[role] = max(most.get(role, 0), count)
+    return ", ".join(f"{role} {count}" for role, count in sorted(most.items())) or "n/a"
+
+
 def report_section(results: Mapping[str, Any]) -> list[str]:
     """The soak's section of ``docs/benchmarks.md``."""
     growth = results["memory"]
@@ -130,14 +138,15 @@ def report_section(results: Mapping[str, Any]) -> list[str]:
         f"| lag, max of one partition | {lag['max_partition']:,.0f} |",
         f"| lag at the end of the load / after draining | {lag['final_total']:,.0f} / "
         f"{results['lag_after_drain']:,.0f} |",
-        f"| long-lived RSS, first window {first_start / 60:.0f}-{first_end / 60:.0f} min | "
+        f"| long-lived RSS, first window {first_start / 60:.1f}-{first_end / 60:.1f} min | "
         f"{_mb(growth['first_mb'])} MB |",
-        f"| long-lived RSS, last window {last_start / 60:.0f}-{last_end / 60:.0f} min | "
+        f"| long-lived RSS, last window {last_start / 60:.1f}-{last_end / 60:.1f} min | "
         f"{_mb(growth['last_mb'])} MB |",
         f"| memory growth | {verdict} |",
         f"| run process RSS, median / max of the samples | "
         f"{_mb(results['run_worker_rss_mb']['median'])} / "
         f"{_mb(results['run_worker_rss_mb']['max'])} MB |",
+        f"| processes per role, most seen at once | {_most_processes(results['samples'])} |",
         f"| latency p50 / p99 / max (s) | {results['latency']['p50']:.1f} / "
         f"{results['latency']['p99']:.1f} / {results['latency']['max']:.1f} |",
         "",
@@ -148,7 +157,7 @@ def report_section(results: Mapping[str, Any]) -> list[str]:
         )
         + ". Run processes live for one run each, so they are reported but not judged on "
         "growth. Windows: the first and last 10 minutes after a warm-up of "
-        f"{results['warmup_seconds'] / 60:.0f} min, or half of what follows the warm-up "
+        f"{results['warmup_seconds'] / 60:.1f} min, or half of what follows the warm-up "
         "each when the soak is shorter. Raw samples: `bench/results/soak.json`.",
     ]
 
