@@ -1,0 +1,60 @@
+"""The soak's judgements on plain values: lost and duplicated alerts, the memory windows,
+and which process plays which role (``bench.soak``)."""
+
+from __future__ import annotations
+
+from bench.soak.processes import role_of
+from bench.soak.summary import comparison_windows, exactness, lag_statistics, memory_growth
+
+
+def test_exactness_counts_lost_and_duplicated_alerts_per_key_even_when_keys_repeat() -> None:
+    produced = {"ZTF1": 2, "ZTF2": 1, "ZTF3": 1}
+    assert exactness(produced, ["ZTF1", "ZTF2", "ZTF1", "ZTF3"]) == {
+        "produced": 4,
+        "received": 4,
+        "lost": 0,
+        "duplicated": 0,
+    }
+    # ZTF1 once too few, ZTF2 once too many, an unknown key: all counted.
+    assert exactness(produced, ["ZTF1", "ZTF2", "ZTF2", "ZTF3", "ZTF9"]) == {
+        "produced": 4,
+        "received": 5,
+        "lost": 1,
+        "duplicated": 2,
+    }
+
+
+def test_memory_windows_are_ten_minutes_after_the_warmup_or_half_a_short_soak() -> None:
+    assert comparison_windows(3600, 300) == ((300, 900), (3000, 3600))
+    assert comparison_windows(300, 60) == ((60, 180), (180, 300))
+
+
+def test_memory_growth_compares_long_lived_processes_only() -> None:
+    def sample(elapsed: float, daemon_mb: int, runs_mb: int) -> dict[str, object]:
+        rss = {"daemon": daemon_mb * 10**6, "run_worker": runs_mb * 10**6}
+        return {"elapsed": elapsed, "rss_by_role": rss}
+
+    samples = [sample(t, 100, 700) for t in (0, 10, 20)] + [sample(t, 115, 50) for t in (30, 40)]
+    growth = memory_growth(samples, load_seconds=40, warmup_seconds=10)
+    assert growth["first_window"] == (10, 25)
+    assert round(growth["growth"], 3) == 0.15  # run processes' 700 → 50 MB is ignored
+    assert growth["roles"]["daemon"] == {"first_mb": 100.0, "last_mb": 115.0}
+
+
+def test_lag_statistics_over_samples_total_and_per_partition() -> None:
+    samples = [{"lag": {"0": lag, "1": 2 * lag}} for lag in (0, 10, 30, 5)]
+    stats = lag_statistics(samples)
+    assert (stats["max_total"], stats["max_partition"], stats["final_total"]) == (90, 60, 15)
+
+
+def test_process_roles_follow_the_command_line() -> None:
+    assert role_of("python /venv/bin/dagster-daemon run -w workspace.yaml") == "daemon"
+    assert role_of("python -m dagster api grpc --lazy-load-user-code --socket /tmp/x") == (
+        "code_server"
+    )
+    assert role_of("python -B -c from multiprocessing.spawn import spawn_main; spawn_main()") == (
+        "run_worker"
+    )
+    assert role_of("celery -A xmatch_pipeline.worker worker") == "celery_worker"
+    assert role_of("tail -F -c +0 /tmp/compute_logs/x.out") == "run_worker"
+    assert role_of("/usr/bin/something") == "other"
