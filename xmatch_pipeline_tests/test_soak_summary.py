@@ -12,6 +12,8 @@ def test_exactness_counts_lost_and_duplicated_alerts_per_key_even_when_keys_repe
     assert exactness(produced, ["ZTF1", "ZTF2", "ZTF1", "ZTF3"]) == {
         "produced": 4,
         "received": 4,
+        "missing": 0,
+        "pending": 0,
         "lost": 0,
         "duplicated": 0,
     }
@@ -19,9 +21,13 @@ def test_exactness_counts_lost_and_duplicated_alerts_per_key_even_when_keys_repe
     assert exactness(produced, ["ZTF1", "ZTF2", "ZTF2", "ZTF3", "ZTF9"]) == {
         "produced": 4,
         "received": 5,
+        "missing": 1,
+        "pending": 0,
         "lost": 1,
         "duplicated": 2,
     }
+    # Still waiting in the input is missing, not lost.
+    assert exactness(produced, ["ZTF1"], pending=3)["lost"] == 0
 
 
 def test_memory_windows_are_ten_minutes_after_the_warmup_or_half_a_short_soak() -> None:

@@ -139,6 +139,7 @@ def soak(
     seconds: float,
     partitions: int,
     sample_seconds: float,
+    drain_seconds: float,
 ) -> dict[str, Any]:
     cache = AlertCache()
     work_dir = Path(tempfile.mkdtemp(prefix="xmatch-soak-dagster-"))
@@ -189,7 +190,7 @@ def soak(
             samples = _sample_while(probe, "load", producer.is_alive, sample_seconds)
             load_seconds = time.monotonic() - probe.started
             target = outcome.get("produced", 0)
-            drain_until = time.monotonic() + DRAIN_TIMEOUT_SECONDS
+            drain_until = time.monotonic() + drain_seconds
             samples += _sample_while(
                 probe,
                 "drain",
@@ -221,7 +222,11 @@ def soak(
         "partitions": partitions,
         "sample_seconds": sample_seconds,
         "samples": samples,
-        "exactness": exactness(produced_per_key, (key for key, _ in recorder.arrivals)),
+        "exactness": exactness(
+            produced_per_key,
+            (key for key, _ in recorder.arrivals),
+            pending=int(sum(final_lag.values())) if isinstance(final_lag, dict) else 0,
+        ),
         "lag_after_drain": float(sum(final_lag.values())) if isinstance(final_lag, dict) else -1,
         "runs": {
             "succeeded": statuses.get("SUCCESS", 0),
@@ -262,6 +267,10 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--sample-seconds", type=float, default=10.0)
     parser.add_argument(
+        "--drain-minutes", type=float, default=DRAIN_TIMEOUT_SECONDS / 60,
+        help="after the load, how long to wait for the backlog to be read back",
+    )  # fmt: skip
+    parser.add_argument(
         "--warmup-minutes", type=float, default=None,
         help="excluded from the memory comparison (default 5, or a fifth of a shorter soak)",
     )  # fmt: skip
@@ -283,7 +292,7 @@ def main() -> None:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = soak(
         devstack, index_dir, rate=args.rate, seconds=seconds, partitions=args.partitions,
-        sample_seconds=args.sample_seconds,
+        sample_seconds=args.sample_seconds, drain_seconds=args.drain_minutes * 60,
     )  # fmt: skip
     results |= {
         "command": "python -m bench.soak " + " ".join(sys.argv[1:]),

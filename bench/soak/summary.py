@@ -75,16 +75,21 @@ def lag_statistics(samples: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     }
 
 
-def exactness(produced: Mapping[str, int], received: Iterable[str]) -> dict[str, int]:
+def exactness(
+    produced: Mapping[str, int], received: Iterable[str], pending: int = 0
+) -> dict[str, int]:
     """Lost and duplicated alerts by key (the producer cycles alerts: keys repeat, so counts
-    per key are compared)."""
+    per key are compared). ``pending`` alerts still wait in the input (the group's lag at
+    the end): missing but not lost; only what is missing beyond them is."""
     seen = Counter(received)
-    lost = sum(max(0, count - seen.get(key, 0)) for key, count in produced.items())
+    missing = sum(max(0, count - seen.get(key, 0)) for key, count in produced.items())
     duplicated = sum(max(0, count - produced.get(key, 0)) for key, count in seen.items())
     return {
         "produced": sum(produced.values()),
         "received": sum(seen.values()),
-        "lost": lost,
+        "missing": missing,
+        "pending": pending,
+        "lost": max(0, missing - pending),
         "duplicated": duplicated,
     }
 
@@ -130,7 +135,10 @@ def report_section(results: Mapping[str, Any]) -> list[str]:
         "| | value |",
         "|---|---:|",
         f"| alerts produced / read back | {exact['produced']:,} / {exact['received']:,} |",
-        f"| lost / duplicated | {exact['lost']:,} / {exact['duplicated']:,} |",
+        f"| not read back / of which still in the input (lag) / lost | "
+        f"{exact.get('missing', exact['lost']):,} / {exact.get('pending', 0):,} / "
+        f"{exact['lost']:,} |",
+        f"| duplicated | {exact['duplicated']:,} |",
         f"| runs succeeded / failed | {results['runs']['succeeded']:,} / "
         f"{results['runs']['failed']:,} |",
         f"| lag, max / p99 of the samples (all partitions) | {lag['max_total']:,.0f} / "

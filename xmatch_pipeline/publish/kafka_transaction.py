@@ -199,6 +199,7 @@ class TransactionalPublisher(ClosedOnExit):
             raise self._typed("begin_transaction", exception.args[0]) from exception
         self._in_transaction = True
         self._delivery_failures = []
+        self._refused_topics = []
         self.produced_in_transaction = 0
 
     def produce(
@@ -394,7 +395,6 @@ class TransactionalPublisher(ClosedOnExit):
             operation, resource, name = "WRITE", "transactional_id", self.transactional_id
         if self._in_transaction:
             self._abort_quietly()
-        self._in_transaction = self._in_transaction and not error.fatal()
         raise authorization_failure(
             self._config, error, operation=operation, resource=resource, name=name
         ) from exception
