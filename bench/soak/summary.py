@@ -167,6 +167,7 @@ def report_section(results: Mapping[str, Any]) -> list[str]:
         "growth. Windows: the first and last 10 minutes after a warm-up of "
         f"{results['warmup_seconds'] / 60:.1f} min, or half of what follows the warm-up "
         "each when the soak is shorter. Raw samples: `bench/results/soak.json`.",
+        *(["", *(f"- {note}" for note in results["notes"])] if results.get("notes") else []),
     ]
 
 
