@@ -4,8 +4,9 @@ Two principals do the work: the reader (``CONSUMER_KAFKA_USERNAME``: the range r
 the sensor's offset reads) and the publisher (``PRODUCER_KAFKA_USERNAME``, the reader's
 when unset: the transactional producer that writes the output and dead letters and commits
 the group's offsets in its transaction). When both are one user it needs the union. The
-list is checked on a real broker with an authorizer (``test_kafka_sasl``): remove any
-entry and a run fails with an error naming it.
+list is checked on a real broker with an authorizer (``test_kafka_sasl``): a run succeeds
+with exactly these grants, and without the publisher's output WRITE, input READ, group
+READ or transactional-id WRITE it fails with an error naming the missing one.
 """
 
 from __future__ import annotations
