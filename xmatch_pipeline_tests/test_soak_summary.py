@@ -64,3 +64,21 @@ def test_process_roles_follow_the_command_line() -> None:
     assert role_of("celery -A xmatch_pipeline.worker worker") == "celery_worker"
     assert role_of("tail -F -c +0 /tmp/compute_logs/x.out") == "run_worker"
     assert role_of("/usr/bin/something") == "other"
+
+
+def test_memory_growth_follows_the_processes_alive_throughout_when_samples_name_them() -> None:
+    def sample(elapsed: float, transient_mb: int | None) -> dict[str, object]:
+        by_pid = {"10": 150 * 10**6, "11": 500 * 10**6}
+        if transient_mb is not None:
+            by_pid["99"] = transient_mb * 10**6  # a short-lived gRPC server
+        code_server = sum(v for k, v in by_pid.items() if k != "10")
+        return {
+            "elapsed": elapsed,
+            "rss_by_role": {"daemon": 150 * 10**6, "code_server": code_server},
+            "rss_by_pid": by_pid,
+        }
+
+    samples = [sample(0, None), sample(10, None), sample(20, None), sample(30, 300)]
+    growth = memory_growth(samples, load_seconds=30, warmup_seconds=0)
+    assert growth["persistent_processes"] == 2
+    assert growth["growth"] == 0.0  # the transient server's 300 MB is not growth

@@ -47,7 +47,7 @@ from bench.pipeline.latency import (
 )
 from bench.pipeline.stats import load_average, machine
 from bench.pipeline.workload import CACHE_DIR, MAX_ALERTS, PROJECT_ROOT, AlertCache, catalog_index
-from bench.soak.processes import pipeline_processes, rss_by_role
+from bench.soak.processes import LONG_LIVED_ROLES, pipeline_processes, rss_by_role
 from bench.soak.summary import (
     SOAK_RESULTS,
     exactness,
@@ -103,6 +103,9 @@ class _Probe:
             "lag_error": lags if isinstance(lags, str) else None,
             "rss_by_role": rss_by_role(processes),
             "count_by_role": dict(Counter(p.role for p in processes)),
+            "rss_by_pid": {
+                str(p.pid): p.rss_bytes for p in processes if p.role in LONG_LIVED_ROLES
+            },
             "run_worker_rss": [p.rss_bytes for p in processes if p.role == "run_worker"],
             "processes": len(processes),
             "produced": sum(len(times) for times in list(self._sent.values())),
