@@ -30,6 +30,8 @@ class KafkaClientConfig:
     username: str | None = None
     password: str | None = None
     extra: Mapping[str, ConfigValue] = field(default_factory=lambda: MappingProxyType({}))
+    credential_variables: str = "the Kafka username and password"
+    """Where the credentials came from, for error messages (e.g. ``CONSUMER_KAFKA_…``)."""
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers.strip():
@@ -60,7 +62,11 @@ class KafkaClientConfig:
     def with_settings(self, settings: Mapping[str, ConfigValue]) -> KafkaClientConfig:
         """A copy with more librdkafka settings (dotted keys), later ones winning."""
         return KafkaClientConfig(
-            self.bootstrap_servers, self.username, self.password, {**self.extra, **settings}
+            self.bootstrap_servers,
+            self.username,
+            self.password,
+            {**self.extra, **settings},
+            self.credential_variables,
         )
 
     def __repr__(self) -> str:

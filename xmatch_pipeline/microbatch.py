@@ -88,6 +88,9 @@ class MicrobatchConfig:
     stall_timeout_seconds: float = 60.0
     #: Bounds each Kafka admin request of a run (group offset, topic limits).
     kafka_request_timeout_seconds: float = 10.0
+    publisher_kafka: KafkaClientConfig | None = None
+    """The transactional producer's connection when its credentials differ from the
+    reader's (``PRODUCER_KAFKA_…``); None: the same as ``kafka``."""
 
 
 @dataclass
@@ -302,7 +305,7 @@ class MicrobatchRunner:
             else backfill_transactional_id(offset_range)
         )
         return TransactionalPublisher(
-            self.config.kafka,
+            self.config.publisher_kafka or self.config.kafka,
             transactional_id,
             max_message_bytes=limits.producer_max_bytes,
             batch_bytes=limits.producer_batch_bytes,
@@ -394,6 +397,7 @@ class MicrobatchRunner:
             publisher.commit_with_offsets(
                 {(run.offset_range.topic, run.offset_range.partition): run.offset_range.end},
                 reader.consumer_group_metadata(),
+                reader.group_id,
             )
             run.report.offsets_committed = True
         else:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from urllib.parse import urlsplit
+from pathlib import Path
 
 from confluent_kafka import Producer
 from sqlalchemy import Engine, create_engine
@@ -42,10 +43,23 @@ logger = logging.getLogger(__name__)
 METRICS_DELIVERY_TIMEOUT_SECONDS = 10.0
 
 
-def kafka_client_config(servers: str, credentials: KafkaCredentials | None) -> KafkaClientConfig:
+def kafka_client_config(
+    servers: str,
+    credentials: KafkaCredentials | None,
+    *,
+    ca_location: Path | None = None,
+    variables: str = "CONSUMER",
+) -> KafkaClientConfig:
+    """A client's settings; ``variables`` is the prefix its credentials came from."""
     if credentials is None:
         return KafkaClientConfig(servers)
-    return KafkaClientConfig(servers, credentials.username, credentials.password.reveal())
+    return KafkaClientConfig(
+        servers,
+        credentials.username,
+        credentials.password.reveal(),
+        {"ssl.ca.location": str(ca_location)} if ca_location is not None else {},
+        credential_variables=f"{variables}_KAFKA_USERNAME and {variables}_KAFKA_PASSWORD",
+    )
 
 
 def database_engine(settings: PipelineSettings) -> Engine:
@@ -100,8 +114,23 @@ class PipelineServices:
 
     @cached_property
     def kafka(self) -> KafkaClientConfig:
+        """The reader's connection (range reads and the sensor's offsets): CONSUMER_…."""
         return kafka_client_config(
-            self.settings.kafka_bootstrap_servers, self.settings.consumer_credentials
+            self.settings.kafka_bootstrap_servers,
+            self.settings.consumer_credentials,
+            ca_location=self.settings.kafka_ssl_ca_location,
+        )
+
+    @cached_property
+    def publisher_kafka(self) -> KafkaClientConfig:
+        """The transactional producer's connection: PRODUCER_…, else the reader's."""
+        if self.settings.producer_credentials is None:
+            return self.kafka
+        return kafka_client_config(
+            self.settings.kafka_bootstrap_servers,
+            self.settings.producer_credentials,
+            ca_location=self.settings.kafka_ssl_ca_location,
+            variables="PRODUCER",
         )
 
     @cached_property
@@ -146,6 +175,7 @@ class PipelineServices:
         settings = self.settings
         return MicrobatchConfig(
             kafka=self.kafka,
+            publisher_kafka=self.publisher_kafka,
             consumer_group_id=settings.consumer_group_id,
             output_topic=settings.output_topic,
             dead_letter_topic=settings.dead_letter_topic,
@@ -189,7 +219,10 @@ class PipelineServices:
         if settings.metrics_topic is None or settings.metrics_bootstrap_servers is None:
             return None
         config = kafka_client_config(
-            settings.metrics_bootstrap_servers, settings.metrics_credentials
+            settings.metrics_bootstrap_servers,
+            settings.metrics_credentials,
+            ca_location=settings.kafka_ssl_ca_location,
+            variables="METRICS",
         )
         return Producer(config.as_dict({"client.id": "xmatch-metrics"}))
 

@@ -124,6 +124,9 @@ class PipelineSettings:
     metrics_bootstrap_servers: str | None = None
     metrics_topic: str | None = None
     metrics_credentials: KafkaCredentials | None = None
+    kafka_ssl_ca_location: Path | None = None
+    """The CA that signed the brokers' certificates (PEM), for a private CA on SASL_SSL;
+    without it librdkafka trusts the system's CAs."""
     max_messages_per_run: int = 5_000
     chunk_messages: int = 2_000
     consume_timeout_seconds: float = 10.0
@@ -222,6 +225,34 @@ class _Reader:
             )
             return None
         return KafkaCredentials(username, Secret(password))
+
+
+def _ssl_ca_location(reader: _Reader, *credentials: KafkaCredentials | None) -> Path | None:
+    raw = reader.optional("XMATCH_KAFKA_SSL_CA_LOCATION")
+    if raw is None:
+        return None
+    location = Path(raw).expanduser()
+    if all(credential is None for credential in credentials):
+        reader.problems.append(
+            f"XMATCH_KAFKA_SSL_CA_LOCATION={raw!r} is set but no Kafka credentials are: TLS is "
+            "used only with SASL_SSL (set CONSUMER_KAFKA_USERNAME and _PASSWORD) or unset it"
+        )
+        return None
+    try:
+        content = location.read_text(errors="replace")
+    except OSError as error:
+        reader.problems.append(
+            f"XMATCH_KAFKA_SSL_CA_LOCATION={raw!r} cannot be read ({error.strerror}): give "
+            "the path of the CA certificate (PEM) that signed the brokers' certificates"
+        )
+        return None
+    if "-----BEGIN CERTIFICATE-----" not in content:
+        reader.problems.append(
+            f"XMATCH_KAFKA_SSL_CA_LOCATION={raw!r} holds no PEM certificate ('-----BEGIN "
+            "CERTIFICATE-----'): give the CA certificate that signed the brokers' certificates"
+        )
+        return None
+    return location
 
 
 def _topic_selection(reader: _Reader) -> TopicSelection:
@@ -371,6 +402,12 @@ def load_settings(environment: Mapping[str, str]) -> PipelineSettings:
     sensor_interval = reader.integer(
         "XMATCH_SENSOR_INTERVAL_SECONDS", 30, minimum=MINIMUM_SENSOR_INTERVAL_SECONDS
     )
+    consumer_credentials = reader.credentials("CONSUMER")
+    producer_credentials = reader.credentials("PRODUCER")
+    metrics_credentials = reader.credentials("METRICS")
+    ca_location = _ssl_ca_location(
+        reader, consumer_credentials, producer_credentials, metrics_credentials
+    )
     max_messages = reader.integer(
         "XMATCH_MAX_MESSAGES_PER_RUN", reader.integer("CONSUME_MESSAGES", 5_000, 1), 1
     )
@@ -393,11 +430,12 @@ def load_settings(environment: Mapping[str, str]) -> PipelineSettings:
             version=reader.text("STEP_VERSION", "1.0.0", default="dev"),
             comments=reader.text("STEP_COMMENTS", "", default=""),
         ),
-        consumer_credentials=reader.credentials("CONSUMER"),
-        producer_credentials=reader.credentials("PRODUCER"),
+        consumer_credentials=consumer_credentials,
+        producer_credentials=producer_credentials,
         metrics_bootstrap_servers=reader.optional("METRICS_HOST"),
         metrics_topic=reader.optional("METRICS_TOPIC"),
-        metrics_credentials=reader.credentials("METRICS"),
+        metrics_credentials=metrics_credentials,
+        kafka_ssl_ca_location=ca_location,
         max_messages_per_run=max_messages,
         chunk_messages=reader.integer("XMATCH_CHUNK_MESSAGES", 2_000, minimum=1),
         consume_timeout_seconds=reader.number("CONSUME_TIMEOUT", 10.0, minimum=0.1),

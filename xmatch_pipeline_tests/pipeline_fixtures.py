@@ -94,6 +94,7 @@ SETTING_NAMES = (
     "XMATCH_KAFKA_TIMEOUT",
     "XMATCH_MAX_RUN_ATTEMPTS",
     "XMATCH_MATCH_CACHE",
+    "XMATCH_KAFKA_SSL_CA_LOCATION",
 )
 
 RESPONSE_FILE = "cds_response_allwise_best_1arcsec.csv"

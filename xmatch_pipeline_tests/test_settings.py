@@ -236,3 +236,64 @@ def test_local_engine_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert settings.local_catalog_directories == {"allwise": tmp_path}
     assert settings.max_messages_per_run == 250  # the new variable wins over the original's
     assert settings.use_match_cache is False
+
+
+def test_a_private_ca_reaches_every_kafka_client_and_the_publisher_uses_producer_credentials(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    use_environment(
+        monkeypatch,
+        ORIGINAL
+        | {
+            "PRODUCER_KAFKA_USERNAME": "alerce-writer",
+            "METRICS_KAFKA_USERNAME": "alerce-metrics",
+            "METRICS_KAFKA_PASSWORD": "metrics-secret",
+            "XMATCH_KAFKA_SSL_CA_LOCATION": str(ca),
+        },
+    )
+    services = PipelineServices(load_settings(os.environ))
+
+    reader, publisher = services.kafka.as_dict(), services.publisher_kafka.as_dict()
+    assert reader["ssl.ca.location"] == publisher["ssl.ca.location"] == str(ca)
+    assert (reader["sasl.username"], publisher["sasl.username"]) == ("alerce", "alerce-writer")
+    assert services.microbatch_config().publisher_kafka == services.publisher_kafka
+    assert "PRODUCER_KAFKA_USERNAME" in services.publisher_kafka.credential_variables
+
+
+def test_without_producer_credentials_the_publisher_uses_the_readers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    environment = {
+        key: value for key, value in ORIGINAL.items() if not key.startswith("PRODUCER_KAFKA")
+    }
+    use_environment(monkeypatch, environment)
+    services = PipelineServices(load_settings(os.environ))
+    assert services.publisher_kafka is services.kafka
+    assert "ssl.ca.location" not in services.kafka.as_dict()  # the system's CAs
+
+
+@pytest.mark.parametrize(
+    ("content", "credentials", "problem"),
+    [
+        (None, True, "cannot be read"),
+        ("not a certificate", True, "holds no PEM certificate"),
+        ("-----BEGIN CERTIFICATE-----", False, "no Kafka credentials are"),
+    ],
+)
+def test_a_bad_ca_location_is_named_with_what_to_give(
+    content: str | None,
+    credentials: bool,
+    problem: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    ca = tmp_path / "ca.pem"
+    if content is not None:
+        ca.write_text(content)
+    base = ORIGINAL if credentials else MINIMAL
+    use_environment(monkeypatch, base | {"XMATCH_KAFKA_SSL_CA_LOCATION": str(ca)})
+    with pytest.raises(SettingsError, match="XMATCH_KAFKA_SSL_CA_LOCATION") as raised:
+        load_settings(os.environ)
+    assert problem in str(raised.value)

@@ -481,4 +481,8 @@ def write_report(results: dict[str, Any], plot: Path) -> str:
     if HEADER_DECODE_RESULTS.exists():  # bench.header_decode's last results, as it wrote them
         section = HEADER_DECODE_RESULTS.read_text(encoding="utf-8")
         lines += ["", section.replace("## Header-only decode", "## 6. Header-only decode", 1)]
+    from bench.soak.summary import saved_section
+
+    soak = saved_section()  # the soak runs on its own (bench.soak): its last results
+    lines += ["", *soak] if soak else []
     return "\n".join(lines).rstrip() + "\n"

@@ -1,4 +1,9 @@
-"""The devstack's Apache Kafka broker: one KRaft node from the jars on Maven Central."""
+"""The devstack's Apache Kafka broker: one KRaft node from the jars on Maven Central.
+
+It listens on PLAINTEXT (anonymous super users: what the tests and tools use) and on
+SASL_SSL with SCRAM-SHA-512 and ACLs (:mod:`~xmatch_pipeline.devstack.kafka_security`), on
+the port after the controller's unless ``XMATCH_DEVSTACK_KAFKA_SASL_PORT`` says otherwise.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,12 @@ from pathlib import Path
 from xmatch_pipeline.devstack.errors import ServiceStartError
 from xmatch_pipeline.devstack.java_runtime import find_java
 from xmatch_pipeline.devstack.kafka_jars import ensure_kafka_jars, ensure_maven_if_needed
+from xmatch_pipeline.devstack.kafka_security import (
+    SASL_LISTENER,
+    provision_devstack_user,
+    sasl_listener_properties,
+)
+from xmatch_pipeline.devstack.kafka_tls import ensure_broker_certificates
 from xmatch_pipeline.devstack.ports import ensure_port_free
 from xmatch_pipeline.devstack.processes import (
     launch_detached,
@@ -23,6 +34,9 @@ from xmatch_pipeline.devstack.processes import (
 from xmatch_pipeline.devstack.settings import (
     KAFKA_CONTROLLER_PORT_ENV,
     KAFKA_PORT_ENV,
+    KAFKA_SASL_PASSWORD,
+    KAFKA_SASL_PORT_ENV,
+    KAFKA_SASL_USER,
     DevstackSettings,
 )
 
@@ -41,6 +55,7 @@ class KafkaPaths:
         self.log_config = self.root / "log4j.properties"
         self.log = self.root / "kafka.log"
         self.pid = self.root / "kafka.pid"
+        self.tls = self.root / "tls"
 
 
 def _packaged_log_config() -> str:
@@ -63,16 +78,19 @@ def _cluster_id() -> str:
 
 def _server_properties(settings: DevstackSettings, paths: KafkaPaths) -> str:
     host = settings.kafka_host
+    sasl = f"{SASL_LISTENER}://{host}:{settings.kafka_sasl_port}"
     entries = {
         "process.roles": "broker,controller",
         "node.id": str(NODE_ID),
         "controller.quorum.voters": f"{NODE_ID}@{host}:{settings.kafka_controller_port}",
         "listeners": (
-            f"PLAINTEXT://{host}:{settings.kafka_port},"
+            f"PLAINTEXT://{host}:{settings.kafka_port},{sasl},"
             f"CONTROLLER://{host}:{settings.kafka_controller_port}"
         ),
-        "advertised.listeners": f"PLAINTEXT://{host}:{settings.kafka_port}",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "advertised.listeners": f"PLAINTEXT://{host}:{settings.kafka_port},{sasl}",
+        "listener.security.protocol.map": (
+            f"PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,{SASL_LISTENER}:{SASL_LISTENER}"
+        ),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": str(paths.data),
@@ -90,6 +108,7 @@ def _server_properties(settings: DevstackSettings, paths: KafkaPaths) -> str:
         "delete.topic.enable": "true",
         "log.retention.hours": "168",
         "log.segment.bytes": "104857600",
+        **sasl_listener_properties(ensure_broker_certificates(paths.tls, host)),
     }
     lines = ["# Written by 'xmatch-pipeline devstack up' on every start; edits are overwritten."]
     lines += [f"{key}={value}" for key, value in entries.items()]
@@ -149,6 +168,7 @@ def preflight_kafka(settings: DevstackSettings) -> str | None:
     for port, environment_variable in (
         (settings.kafka_port, KAFKA_PORT_ENV),
         (settings.kafka_controller_port, KAFKA_CONTROLLER_PORT_ENV),
+        (settings.kafka_sasl_port, KAFKA_SASL_PORT_ENV),
     ):
         ensure_port_free(settings.kafka_host, port, "Kafka broker", environment_variable)
     java = find_java()
@@ -204,6 +224,7 @@ def wait_until_kafka_ready(
             f"the Kafka broker on {settings.kafka_bootstrap_servers} answers but a transaction "
             f"failed: {problem}; see {paths.log}"
         )
+    provision_devstack_user(settings.kafka_bootstrap_servers, KAFKA_SASL_USER, KAFKA_SASL_PASSWORD)
 
 
 def stop_kafka(settings: DevstackSettings) -> bool:

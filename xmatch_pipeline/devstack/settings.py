@@ -9,6 +9,7 @@ from pathlib import Path
 DEVSTACK_DIR_ENV = "XMATCH_DEVSTACK_DIR"
 KAFKA_PORT_ENV = "XMATCH_DEVSTACK_KAFKA_PORT"
 KAFKA_CONTROLLER_PORT_ENV = "XMATCH_DEVSTACK_KAFKA_CONTROLLER_PORT"
+KAFKA_SASL_PORT_ENV = "XMATCH_DEVSTACK_KAFKA_SASL_PORT"
 POSTGRES_PORT_ENV = "XMATCH_DEVSTACK_POSTGRES_PORT"
 REDIS_PORT_ENV = "XMATCH_DEVSTACK_REDIS_PORT"
 
@@ -28,6 +29,11 @@ DAGSTER_DATABASE = "dagster"
 BROKER_REDIS_DATABASE = 0
 RESULT_REDIS_DATABASE = 1
 
+#: The SCRAM-SHA-512 user the devstack creates on its SASL_SSL listener, with the ACLs a
+#: pipeline needs on the demo's names (see ``devstack.kafka_security``).
+KAFKA_SASL_USER = "xmatch"
+KAFKA_SASL_PASSWORD = "xmatch-devstack"
+
 
 @dataclass(frozen=True)
 class DevstackSettings:
@@ -36,6 +42,7 @@ class DevstackSettings:
     kafka_host: str
     kafka_port: int
     kafka_controller_port: int
+    kafka_sasl_port: int
     postgres_host: str
     postgres_port: int
     postgres_user: str
@@ -47,6 +54,11 @@ class DevstackSettings:
     redis_port: int = DEFAULT_REDIS_PORT
 
     kafka_bootstrap_servers: str = field(init=False)
+    kafka_sasl_bootstrap_servers: str = field(init=False)
+    """The SASL_SSL listener (SCRAM-SHA-512, the devstack's own CA): the PLAINTEXT one's
+    anonymous clients are super users, this one's users have only the ACLs granted."""
+    kafka_ca_file: Path = field(init=False)
+    """The CA certificate that signed the SASL_SSL listener's certificate (PEM)."""
     database_url: str = field(init=False)
     """SQLAlchemy URL of the pipeline database."""
     dagster_postgres_url: str = field(init=False)
@@ -63,6 +75,8 @@ class DevstackSettings:
         server = f"{self.postgres_host}:{self.postgres_port}"
         derived = {
             "kafka_bootstrap_servers": f"{self.kafka_host}:{self.kafka_port}",
+            "kafka_sasl_bootstrap_servers": f"{self.kafka_host}:{self.kafka_sasl_port}",
+            "kafka_ca_file": self.devstack_dir / "kafka" / "tls" / "ca.pem",
             "database_url": f"postgresql+psycopg2://{credentials}@{server}/{self.postgres_database}",
             "dagster_postgres_url": (
                 f"postgresql+psycopg2://{credentials}@{server}/{self.dagster_database}"
@@ -100,6 +114,13 @@ class DevstackSettings:
             "CELERY_BROKER_URL": self.celery_broker_url,
             "CELERY_RESULT_BACKEND": self.celery_result_backend_url,
             "XMATCH_DEVSTACK_DIR": str(self.devstack_dir),
+            # The SASL_SSL listener, under names the pipeline does not read: exporting them
+            # leaves the pipeline on PLAINTEXT. To use it, set CONSUMER_SERVER to the address,
+            # CONSUMER_KAFKA_USERNAME/PASSWORD and XMATCH_KAFKA_SSL_CA_LOCATION to the CA.
+            "KAFKA_SASL_SSL_BOOTSTRAP_SERVERS": self.kafka_sasl_bootstrap_servers,
+            "KAFKA_SSL_CA_LOCATION": str(self.kafka_ca_file),
+            "KAFKA_SASL_USERNAME": KAFKA_SASL_USER,
+            "KAFKA_SASL_PASSWORD": KAFKA_SASL_PASSWORD,
         }
 
 
@@ -142,6 +163,7 @@ def devstack_settings() -> DevstackSettings:
         kafka_host=LOOPBACK_HOST,
         kafka_port=kafka_port,
         kafka_controller_port=_port_from_environment(KAFKA_CONTROLLER_PORT_ENV, kafka_port + 1),
+        kafka_sasl_port=_port_from_environment(KAFKA_SASL_PORT_ENV, kafka_port + 2),
         postgres_host=LOOPBACK_HOST,
         postgres_port=_port_from_environment(POSTGRES_PORT_ENV, DEFAULT_POSTGRES_PORT),
         postgres_user=POSTGRES_USER,

@@ -18,7 +18,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -26,6 +26,11 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer, Topic
 
 from xmatch_pipeline.closing import ClosedOnExit
 from xmatch_pipeline.kafka_config import KafkaClientConfig, KafkaOperationError
+from xmatch_pipeline.kafka_errors import (
+    AUTHORIZATION_CODES,
+    SecurityErrorRecorder,
+    authorization_failure,
+)
 from xmatch_pipeline.offset_range import OffsetRange
 
 logger = logging.getLogger(__name__)
@@ -42,6 +47,9 @@ _FENCED_CODES = frozenset(
     {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 )
 _UNSAFE_ID_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
+#: ``init_transactions`` is called in slices this long, so that refused credentials (which
+#: librdkafka only reports to ``error_cb``, between calls) fail the run within seconds.
+_INIT_SLICE_SECONDS = 2.0
 
 
 class TransactionalPublisherError(KafkaOperationError):
@@ -80,16 +88,23 @@ class TransactionTimeouts:
     retry_backoff_seconds: float = 0.5
 
 
+BACKFILL_TRANSACTIONAL_ID_PREFIX = "xmatch-backfill-"
+
+
+def live_transactional_id_prefix(group_id: str) -> str:
+    """What every live transactional id of one group starts with (a prefixed ACL grants it)."""
+    return _safe_id(f"xmatch-{group_id}-")
+
+
 def transactional_id_for(group_id: str, topic: str, partition: int) -> str:
     """The transactional id of live runs over one input partition of one group."""
-    return _safe_id(f"xmatch-{group_id}-{topic}-{partition}")
+    return live_transactional_id_prefix(group_id) + _safe_id(f"{topic}-{partition}")
 
 
 def backfill_transactional_id(offset_range: OffsetRange) -> str:
     """A backfill's own id per range: it never fences live runs, but fences its own rerun."""
-    return _safe_id(
-        f"xmatch-backfill-{offset_range.topic}-{offset_range.partition}-"
-        f"{offset_range.start}-{offset_range.end}"
+    return BACKFILL_TRANSACTIONAL_ID_PREFIX + _safe_id(
+        f"{offset_range.topic}-{offset_range.partition}-{offset_range.start}-{offset_range.end}"
     )
 
 
@@ -118,25 +133,31 @@ class TransactionalPublisher(ClosedOnExit):
         self._in_transaction = False
         self._initialized = False
         self._delivery_failures: list[str] = []
+        self._refused_topics: list[str] = []
         self.produced_in_transaction = 0
+        self._config = client_config
+        self._security = SecurityErrorRecorder()
         self._producer = Producer(
-            client_config.as_dict(
-                {
-                    "client.id": "xmatch-publisher",
-                    "transactional.id": transactional_id,
-                    "enable.idempotence": True,
-                    "acks": "all",
-                    # Alerts are ~65 kB with gzipped cutouts; zstd still saves ~40 % on the
-                    # rest (measured on the real alerts: zstd 60 %, lz4 66 % of the size).
-                    "compression.type": compression,
-                    "linger.ms": linger_ms,
-                    # The broker limits whole batches: keep one within the topic's limit.
-                    "batch.size": min(batch_bytes, max_message_bytes),
-                    "message.max.bytes": max_message_bytes,
-                    "transaction.timeout.ms": self.timeouts.transaction_timeout_ms,
-                    "message.timeout.ms": self.timeouts.transaction_timeout_ms,
-                }
-            )
+            {
+                "error_cb": self._security,
+                **client_config.as_dict(
+                    {
+                        "client.id": "xmatch-publisher",
+                        "transactional.id": transactional_id,
+                        "enable.idempotence": True,
+                        "acks": "all",
+                        # Alerts are ~65 kB with gzipped cutouts; zstd still saves ~40 % on the
+                        # rest (measured on the real alerts: zstd 60 %, lz4 66 % of the size).
+                        "compression.type": compression,
+                        "linger.ms": linger_ms,
+                        # The broker limits whole batches: keep one within the topic's limit.
+                        "batch.size": min(batch_bytes, max_message_bytes),
+                        "message.max.bytes": max_message_bytes,
+                        "transaction.timeout.ms": self.timeouts.transaction_timeout_ms,
+                        "message.timeout.ms": self.timeouts.transaction_timeout_ms,
+                    }
+                ),
+            }
         )
 
     @property
@@ -147,10 +168,26 @@ class TransactionalPublisher(ClosedOnExit):
         """Register the id: fences older producers with it and aborts what they left open."""
         self._retrying(
             "init_transactions",
-            lambda: self._producer.init_transactions(self.timeouts.init_seconds),
+            self._init_transactions,
             abort_on_abortable=False,
         )
         self._initialized = True
+
+    def _init_transactions(self) -> None:
+        """``init_transactions`` within ``init_seconds``, called in slices: a timed-out call
+        resumes where it stopped, and between slices a refused login ends the wait."""
+        deadline = time.monotonic() + self.timeouts.init_seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                self._producer.init_transactions(max(0.1, min(_INIT_SLICE_SECONDS, remaining)))
+                return
+            except KafkaException as exception:
+                error: KafkaError = exception.args[0]
+                timed_out = error.code() == KafkaError._TIMED_OUT and not error.fatal()
+                if not timed_out or deadline - time.monotonic() <= 0:
+                    raise
+                self._raise_if_refused_login(exception)
 
     def begin(self) -> None:
         if not self._initialized:
@@ -164,9 +201,11 @@ class TransactionalPublisher(ClosedOnExit):
         try:
             self._producer.begin_transaction()
         except KafkaException as exception:
+            self._raise_if_refused(exception, exception.args[0], None)
             raise self._typed("begin_transaction", exception.args[0]) from exception
         self._in_transaction = True
         self._delivery_failures = []
+        self._refused_topics = []
         self.produced_in_transaction = 0
 
     def produce(
@@ -206,6 +245,9 @@ class TransactionalPublisher(ClosedOnExit):
                 self._producer.poll(0.1)  # deliveries free queue space
             except KafkaException as exception:
                 error: KafkaError = exception.args[0]
+                if error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                    self._refused_topics.append(topic)
+                    self._raise_if_refused(exception, error, None)
                 size = len(value) if value is not None else 0
                 kind = (
                     MessageTooLargeError
@@ -229,9 +271,15 @@ class TransactionalPublisher(ClosedOnExit):
             )
 
     def commit_with_offsets(
-        self, next_offsets: Mapping[PartitionId, int], group_metadata: Any
+        self,
+        next_offsets: Mapping[PartitionId, int],
+        group_metadata: Any,
+        group_id: str = "of the consumer",
     ) -> None:
-        """Commit the transaction together with the group's next offsets per input partition."""
+        """Commit the transaction together with the group's next offsets per input partition.
+
+        ``group_id`` (the group ``group_metadata`` belongs to) only names it in errors.
+        """
         self._require_transaction("commit")
         offsets = [
             TopicPartition(topic, partition, offset)
@@ -242,6 +290,7 @@ class TransactionalPublisher(ClosedOnExit):
             lambda: self._producer.send_offsets_to_transaction(
                 offsets, group_metadata, self.timeouts.operation_seconds
             ),
+            committing=(group_id, ", ".join(sorted({topic for topic, _ in next_offsets}))),
         )
         self._commit()
 
@@ -291,14 +340,22 @@ class TransactionalPublisher(ClosedOnExit):
             )
 
     def _retrying(
-        self, what: str, call: Callable[[], _T], *, abort_on_abortable: bool = True
+        self,
+        what: str,
+        call: Callable[[], _T],
+        *,
+        abort_on_abortable: bool = True,
+        committing: tuple[str, str] | None = None,
     ) -> _T:
+        """``committing`` is ``(group, topics)`` when the call commits offsets: what a
+        refused READ is named after."""
         attempts = self.timeouts.retry_attempts
         for attempt in range(1, attempts + 1):
             try:
                 return call()
             except KafkaException as exception:
                 error: KafkaError = exception.args[0]
+                self._raise_if_refused(exception, error, committing)
                 if error.retriable() and not error.fatal() and attempt < attempts:
                     logger.warning(
                         "%s %s: %s (attempt %d of %d), retrying",
@@ -319,6 +376,44 @@ class TransactionalPublisher(ClosedOnExit):
                     ) from exception
                 raise self._typed(what, error) from exception
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _raise_if_refused_login(self, exception: KafkaException) -> None:
+        with suppress(KafkaException):  # a fatal error is raised again by poll: the cause is known
+            self._producer.poll(0)  # serves error_cb, where librdkafka reports a refused login
+        failure = self._security.failure(self._config)
+        if failure is not None:
+            self._in_transaction = False
+            raise failure from exception
+
+    def _raise_if_refused(
+        self, exception: KafkaException, error: KafkaError, committing: tuple[str, str] | None
+    ) -> None:
+        """Raise the security error behind a failed call: a refused login or a missing ACL."""
+        self._raise_if_refused_login(exception)
+        code = error.code()
+        if self._refused_topics:  # the commit then fails "inconsistent", the deliveries say why
+            code = KafkaError.TOPIC_AUTHORIZATION_FAILED
+            committing = None
+        if code not in AUTHORIZATION_CODES:
+            return
+        group, input_topics = committing or ("of the consumer", "the input topics")
+        if code == KafkaError.TOPIC_AUTHORIZATION_FAILED and committing is not None:
+            # Kafka checks READ on the topics whose offsets a transaction commits.
+            operation, resource, name = "READ", "topic", input_topics
+        elif code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            topics = ", ".join(sorted(set(self._refused_topics))) or "the topics written"
+            operation, resource, name = "WRITE", "topic", topics
+        elif code == KafkaError.GROUP_AUTHORIZATION_FAILED:
+            operation, resource, name = "READ", "group", group
+        elif code == KafkaError.CLUSTER_AUTHORIZATION_FAILED:
+            operation, resource, name = "IDEMPOTENT_WRITE", "cluster", "kafka-cluster"
+        else:
+            operation, resource, name = "WRITE", "transactional_id", self.transactional_id
+        if self._in_transaction:
+            self._abort_quietly()
+        raise authorization_failure(
+            self._config, error, operation=operation, resource=resource, name=name
+        ) from exception
 
     def _typed(self, what: str, error: KafkaError) -> TransactionalPublisherError:
         detail = f"{self.transactional_id}: {what} failed: {error.name()} ({error.str()})"
@@ -352,6 +447,8 @@ class TransactionalPublisher(ClosedOnExit):
         self._in_transaction = False
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            self._refused_topics.append(str(message.topic()))
         if error is not None and len(self._delivery_failures) < 5:
             self._delivery_failures.append(
                 f"{message.topic()}[{message.partition()}]: {error.name()} ({error.str()})"

@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
+from contextlib import suppress
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     ConsumerGroupTopicPartitions,
@@ -35,6 +36,11 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from xmatch_pipeline.kafka_config import KafkaClientConfig, KafkaOperationError
+from xmatch_pipeline.kafka_errors import (
+    AUTHORIZATION_CODES,
+    SecurityErrorRecorder,
+    authorization_failure,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +60,12 @@ _RETRIABLE_CODES = frozenset(
         KafkaError.LEADER_NOT_AVAILABLE,
         KafkaError.NOT_LEADER_FOR_PARTITION,
     }
+)
+
+
+#: What a metadata request fails with while no broker could be reached (yet).
+_UNREACHED_CODES = frozenset(
+    {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT}
 )
 
 
@@ -117,28 +129,43 @@ class KafkaOffsetsReader:
         self.group_id = group_id
         self.timeout_seconds = timeout_seconds
         self._bootstrap = client_config.bootstrap_servers
+        self._config = client_config
+        self._security = SecurityErrorRecorder()
         timeout_ms = max(1000, int(timeout_seconds * 1000))
-        self._admin = AdminClient(
-            client_config.as_dict(
+        client_settings: dict[str, object] = {
+            "error_cb": self._security,
+            **client_config.as_dict(
                 {
                     "client.id": "xmatch-offsets-reader",
                     "socket.timeout.ms": timeout_ms,
                     "socket.connection.setup.timeout.ms": timeout_ms,
                 }
-            )
-        )
+            ),
+        }
+        # The stub types values as plain settings; librdkafka takes the error_cb callable too.
+        self._admin = AdminClient(client_settings)  # type: ignore[arg-type]
 
     def list_topics(self, deadline: _Deadline | None = None) -> dict[str, int]:
         """Every non-internal topic with its number of partitions."""
         deadline = deadline or _Deadline(self.timeout_seconds)
-        metadata = self._call(
-            "list topics", lambda: self._admin.list_topics(timeout=_at_least(deadline)), deadline
-        )
+        metadata = self._call("list topics", lambda: self._metadata(deadline), deadline)
         return {
             name: len(topic.partitions)
             for name, topic in metadata.topics.items()
             if not name.startswith("__") and topic.error is None
         }
+
+    def _metadata(self, deadline: _Deadline) -> Any:
+        """The cluster's metadata, asked for in slices of a second: a refused login (which
+        librdkafka only reports to ``error_cb``) ends the wait early with its own error."""
+        while True:
+            try:
+                return self._admin.list_topics(timeout=min(1.0, _at_least(deadline)))
+            except KafkaException as exception:
+                error: KafkaError = exception.args[0]
+                if error.code() not in _UNREACHED_CODES or deadline.remaining() <= 0.1:
+                    raise
+                self._raise_if_refused(exception, error, None)
 
     def partitions(
         self, topics: Iterable[str], deadline: _Deadline | None = None
@@ -148,9 +175,15 @@ class KafkaOffsetsReader:
         wanted = sorted(set(topics))
         missing = [topic for topic in wanted if topic not in existing]
         if missing:
+            hidden = ""
+            if self._config.username is not None:
+                hidden = (
+                    f" (or User:{self._config.username} lacks DESCRIBE on them: the broker "
+                    "hides topics a user may not describe)"
+                )
             raise TopicNotFoundError(
-                f"topics {missing} do not exist on {self._bootstrap}; check the input topic "
-                "settings (CONSUMER_TOPICS, TOPIC_STRATEGY_FORMAT or XMATCH_TOPIC_PATTERN)"
+                f"topics {missing} do not exist on {self._bootstrap}{hidden}; check the input "
+                "topic settings (CONSUMER_TOPICS, TOPIC_STRATEGY_FORMAT or XMATCH_TOPIC_PATTERN)"
             )
         return [(topic, partition) for topic in wanted for partition in range(existing[topic])]
 
@@ -177,10 +210,23 @@ class KafkaOffsetsReader:
                     raise KafkaException(entry.error)
             return answer
 
-        answer = self._call(f"committed offsets of group {self.group_id!r}", fetch, deadline)
+        answer = self._call(
+            f"committed offsets of group {self.group_id!r}",
+            fetch,
+            deadline,
+            needs=("group", self.group_id),
+        )
         offsets: dict[PartitionId, int | None] = {}
         for entry in answer.topic_partitions or []:
             if entry.error is not None:
+                if entry.error.code() in AUTHORIZATION_CODES:
+                    raise authorization_failure(
+                        self._config,
+                        entry.error,
+                        operation="DESCRIBE",
+                        resource="topic",
+                        name=str(entry.topic),
+                    )
                 raise KafkaUnavailableError(
                     f"committed offset of group {self.group_id!r} on "
                     f"{entry.topic}[{entry.partition}]: {entry.error.str()}"
@@ -241,9 +287,17 @@ class KafkaOffsetsReader:
                 for key, future in futures.items()
             }
 
-        return self._call(what, fetch, deadline)
+        topics = ", ".join(sorted({topic for topic, _ in partitions}))
+        return self._call(what, fetch, deadline, needs=("topic", topics))
 
-    def _call(self, what: str, call: Callable[[], _T], deadline: _Deadline) -> _T:
+    def _call(
+        self,
+        what: str,
+        call: Callable[[], _T],
+        deadline: _Deadline,
+        needs: tuple[str, str] | None = None,
+    ) -> _T:
+        """``needs`` (resource kind, name) is what a refused DESCRIBE is named after."""
         """Run one admin request, retrying retriable errors while the deadline allows."""
         attempt = 0
         while True:
@@ -252,6 +306,7 @@ class KafkaOffsetsReader:
                 return call()
             except KafkaException as exception:
                 error: KafkaError = exception.args[0]
+                self._raise_if_refused(exception, error, needs)
                 retriable = error.retriable() or error.code() in _RETRIABLE_CODES
                 backoff = 0.2 * 2 ** (attempt - 1)
                 if retriable and deadline.remaining() > backoff + 0.5:
@@ -264,10 +319,33 @@ class KafkaOffsetsReader:
                     f"(timeout {self.timeout_seconds:g} s)"
                 ) from exception
             except FutureTimeoutError as exception:
+                self._serve_callbacks()
+                refused_login = self._security.failure(self._config)
+                if refused_login is not None:
+                    raise refused_login from exception
                 raise KafkaUnavailableError(
                     f"{what} from {self._bootstrap}: no answer within "
                     f"{self.timeout_seconds:g} s; check that the broker is reachable"
                 ) from exception
+
+    def _serve_callbacks(self) -> None:
+        """Let ``error_cb`` hear what librdkafka queued (a refused login, say)."""
+        with suppress(KafkaException):
+            self._admin.poll(0)
+
+    def _raise_if_refused(
+        self, exception: KafkaException, error: KafkaError, needs: tuple[str, str] | None
+    ) -> None:
+        """A refused login (reported to error_cb, served by a poll) or a missing ACL."""
+        self._serve_callbacks()
+        refused_login = self._security.failure(self._config)
+        if refused_login is not None:
+            raise refused_login from exception
+        if error.code() in AUTHORIZATION_CODES:
+            resource, name = needs or ("topic", "the input topics")
+            raise authorization_failure(
+                self._config, error, operation="DESCRIBE", resource=resource, name=name
+            ) from exception
 
 
 def _at_least(deadline: _Deadline) -> float:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,11 @@ from confluent_kafka import (
 
 from xmatch_pipeline.closing import ClosedOnExit
 from xmatch_pipeline.kafka_config import KafkaClientConfig, KafkaOperationError
+from xmatch_pipeline.kafka_errors import (
+    AUTHORIZATION_CODES,
+    SecurityErrorRecorder,
+    authorization_failure,
+)
 from xmatch_pipeline.offset_range import OffsetRange
 
 logger = logging.getLogger(__name__)
@@ -145,26 +151,31 @@ class KafkaRangeReader(ClosedOnExit):
         self._stall_timeout = stall_timeout_seconds
         self._request_timeout = request_timeout_seconds
         self._request_attempts = request_attempts
+        self._config = client_config
+        self._security = SecurityErrorRecorder()
         self._consumer = Consumer(
-            client_config.as_dict(
-                {
-                    "group.id": group_id,
-                    "client.id": "xmatch-range-reader",
-                    "enable.auto.commit": False,
-                    "enable.auto.offset.store": False,
-                    "isolation.level": "read_committed",
-                    "enable.partition.eof": True,
-                    # Fail loudly instead of jumping elsewhere when an offset is out of range.
-                    "auto.offset.reset": "error",
-                    # Alerts are ~65 kB: librdkafka's default 1 MB per partition fetch brings
-                    # ~15 of them per round trip, and Python waited on the broker for a third
-                    # of a run. Fetch big and keep a bounded prefetch queue (memory stays
-                    # flat whatever the range size).
-                    "max.partition.fetch.bytes": 16 * 1024 * 1024,
-                    "fetch.max.bytes": 64 * 1024 * 1024,
-                    "queued.max.messages.kbytes": 128 * 1024,
-                }
-            )
+            {
+                "error_cb": self._security,
+                **client_config.as_dict(
+                    {
+                        "group.id": group_id,
+                        "client.id": "xmatch-range-reader",
+                        "enable.auto.commit": False,
+                        "enable.auto.offset.store": False,
+                        "isolation.level": "read_committed",
+                        "enable.partition.eof": True,
+                        # Fail loudly instead of jumping elsewhere when an offset is out of range.
+                        "auto.offset.reset": "error",
+                        # Alerts are ~65 kB: librdkafka's default 1 MB per partition fetch brings
+                        # ~15 of them per round trip, and Python waited on the broker for a third
+                        # of a run. Fetch big and keep a bounded prefetch queue (memory stays
+                        # flat whatever the range size).
+                        "max.partition.fetch.bytes": 16 * 1024 * 1024,
+                        "fetch.max.bytes": 64 * 1024 * 1024,
+                        "queued.max.messages.kbytes": 128 * 1024,
+                    }
+                ),
+            }
         )
 
     def consumer_group_metadata(self) -> Any:
@@ -184,6 +195,7 @@ class KafkaRangeReader(ClosedOnExit):
                 return int(low), int(high)
             except KafkaException as exception:
                 error: KafkaError = exception.args[0]
+                self._raise_if_refused(exception, error, topic)
                 if error.code() in _TRANSIENT_CODES and attempt < self._request_attempts:
                     logger.warning("watermarks of %s: %s, retrying", where, error.str())
                     time.sleep(0.5 * 2 ** (attempt - 1))
@@ -233,12 +245,10 @@ class KafkaRangeReader(ClosedOnExit):
             for message in messages:
                 error = message.error()
                 if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        continue  # the position check below decides whether the range is done
-                    if error.code() in _TRANSIENT_CODES and not error.fatal():
-                        last_transient = error
-                        continue
-                    raise KafkaFetchError(offset_range, next_offset, error)
+                    last_transient = self._transient(error, offset_range, next_offset) or (
+                        last_transient
+                    )
+                    continue
                 record = _record(message, offset_range)
                 if record.offset >= offset_range.end:
                     reached_end = True
@@ -259,8 +269,40 @@ class KafkaRangeReader(ClosedOnExit):
                 yield chunk
                 chunk = []
                 last_progress = time.monotonic()
+            refused_login = self._security.failure(self._config)
+            if refused_login is not None:
+                raise refused_login
             if time.monotonic() - last_progress > self._stall_timeout:
                 raise self._stalled(offset_range, next_offset, last_transient)
+
+    def _transient(
+        self, error: KafkaError, offset_range: OffsetRange, next_offset: int
+    ) -> KafkaError | None:
+        """A message's error: None for end-of-partition, the error itself if transient (the
+        client reconnects on its own); anything else fails the read."""
+        if error.code() == KafkaError._PARTITION_EOF:
+            return None  # the position check decides whether the range is done
+        if error.code() in _TRANSIENT_CODES and not error.fatal():
+            return error
+        if error.code() in AUTHORIZATION_CODES:
+            raise self._refused(error, offset_range.topic)
+        raise KafkaFetchError(offset_range, next_offset, error)
+
+    def _raise_if_refused(self, exception: KafkaException, error: KafkaError, topic: str) -> None:
+        """A refused login (reported to error_cb, served by a poll) or a missing READ ACL."""
+        if not self._consumer.assignment():
+            with suppress(KafkaException):  # nothing assigned: serves callbacks, consumes nothing
+                self._consumer.poll(0)
+        refused_login = self._security.failure(self._config)
+        if refused_login is not None:
+            raise refused_login from exception
+        if error.code() in AUTHORIZATION_CODES:
+            raise self._refused(error, topic) from exception
+
+    def _refused(self, error: KafkaError, topic: str) -> KafkaOperationError:
+        return authorization_failure(
+            self._config, error, operation="READ", resource="topic", name=topic
+        )
 
     def _position(self, offset_range: OffsetRange) -> int:
         positions = self._consumer.position(
