@@ -17,8 +17,8 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
-from urllib.parse import urlsplit
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from confluent_kafka import Producer
 from sqlalchemy import Engine, create_engine
