@@ -44,6 +44,7 @@ from bench.pipeline.latency import (
     _stop_daemon,
     _wait_for_sensor,
     _write_instance_settings,
+    start_worker,
 )
 from bench.pipeline.stats import load_average, machine
 from bench.pipeline.workload import CACHE_DIR, MAX_ALERTS, PROJECT_ROOT, AlertCache, catalog_index
@@ -166,6 +167,8 @@ def soak(
             DAGSTER_HOME=str(work_dir),
             DAGSTER_PG_DB=database_name(dagster_url),
         )
+        # Runs execute in a warm run worker (dagster.yaml's Celery run launcher), as deployed.
+        worker = start_worker(environment, work_dir / "worker.log", concurrency=partitions)
         daemon = _start_daemon(environment, log_path)
         recorder = _ArrivalRecorder(devstack.kafka_bootstrap_servers, output_topic, partitions)
         sent: dict[str, deque[float]] = defaultdict(deque)
@@ -185,7 +188,7 @@ def soak(
             recorder.start()
             probe = _Probe(
                 devstack, topic=input_topic, group=group, dagster_url=dagster_url,
-                roots=lambda: [daemon.pid], sent=sent, recorder=recorder,
+                roots=lambda: [daemon.pid, worker.pid], sent=sent, recorder=recorder,
             )  # fmt: skip
             producer = threading.Thread(target=produce, name="soak-producer", daemon=True)
             print(f"  daemon up; producing {rate:g} alerts/s for {seconds / 60:g} min", flush=True)
@@ -206,6 +209,7 @@ def soak(
             recorder.join(timeout=10)
         finally:
             _stop_daemon(daemon)
+            _stop_daemon(worker)
             recorder.stop.set()
         final_lag = probe.lags()
         runs = _dagster_runs(dagster_url)

@@ -20,7 +20,7 @@ PROC = Path("/proc")
 #: server, with ``tail -F`` and ``watch_orphans`` helpers capturing its logs.
 ROLES = (
     ("run_worker", ("execute_run", "execute_step", "spawn_main", "watch_orphans", "tail -F")),
-    ("celery_worker", ("celery",)),
+    ("celery_worker", ("celery", "cli.main worker", "xmatch-pipeline worker")),
     ("code_server", ("code-server", "api grpc", "resource_tracker")),
     ("daemon", ("dagster-daemon",)),
 )
