@@ -324,7 +324,10 @@ def workers_section(results: dict[str, Any]) -> str:
             f"{one['drain_seconds'] / two['drain_seconds']:.2f}x (median run "
             f"{one['median_run_seconds']:.1f} s and {two['median_run_seconds']:.1f} s).",
         ]
-    lines += ["", *results.get("notes", []), SECTION_END]
+    lines.append("")
+    for note in results.get("notes", []):
+        lines += [note, ""]
+    lines.append(SECTION_END)
     return "\n".join(line for line in lines) + "\n"
 
 
