@@ -219,7 +219,9 @@ def soak(
     latencies = sorted(
         arrived - sent[key].popleft() for key, arrived in recorder.arrivals if sent[key]
     )
-    statuses = Counter(str(run["status"]) for run in runs)
+    # Counted before the daemon is stopped: stopping it interrupts a run still in progress,
+    # which Dagster then records as failed (the harness's doing, not the pipeline's).
+    statuses = Counter(samples[-1]["runs"])
     return {
         "rate": rate,
         "achieved_rate": outcome.get("achieved", 0.0),
@@ -239,6 +241,7 @@ def soak(
             "succeeded": statuses.get("SUCCESS", 0),
             "failed": statuses.get("FAILURE", 0),
             "other": {k: v for k, v in statuses.items() if k not in ("SUCCESS", "FAILURE")},
+            "failed_after_stopping_the_daemon": sum(1 for r in runs if r["status"] == "FAILURE"),
         },
         "latency": {
             "p50": latencies[len(latencies) // 2] if latencies else float("nan"),

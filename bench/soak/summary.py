@@ -45,6 +45,19 @@ def persistent_pids(samples: Sequence[Mapping[str, Any]]) -> set[str]:
     return set.intersection(*sets) if sets and len(sets) == len(samples) else set()
 
 
+def replaced_process_peaks(samples: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Peak RSS (MB) of each long-lived-role process that did not live throughout, in the
+    order they appeared: the daemon replaces its code server every minute or two, so
+    growth across those generations shows here, not in one process."""
+    keep = persistent_pids(samples)
+    peaks: dict[str, int] = {}
+    for sample in samples:
+        for pid, rss in (sample.get("rss_by_pid") or {}).items():
+            if pid not in keep:
+                peaks[pid] = max(peaks.get(pid, 0), rss)
+    return [rss / 1e6 for rss in peaks.values()]
+
+
 def memory_growth(
     samples: Sequence[Mapping[str, Any]], load_seconds: float, warmup_seconds: float
 ) -> dict[str, Any]:
@@ -74,6 +87,9 @@ def memory_growth(
         return long_lived_rss(sample)
 
     result["persistent_processes"] = len(pids)
+    result["replaced_process_peaks_mb"] = replaced_process_peaks(
+        [s for s in samples if s["elapsed"] >= warmup_seconds]
+    )
     before, after = mean_in(first, judged), mean_in(last, judged)
     result["first_mb"] = (before or 0) / 1e6
     result["last_mb"] = (after or 0) / 1e6
@@ -122,8 +138,15 @@ def _mb(value: float | None) -> str:
 def _judged(growth: Mapping[str, Any]) -> str:
     count = growth.get("persistent_processes", 0)
     if count:
-        return f"the {count} long-lived processes alive throughout"
+        return f"{count} long-lived process{'es' if count > 1 else ''} alive throughout"
     return "the sums of the long-lived roles"
+
+
+def _peaks(growth: Mapping[str, Any]) -> str:
+    peaks = [f"{peak:,.0f}" for peak in growth.get("replaced_process_peaks_mb", [])]
+    if len(peaks) > 8:
+        peaks = [*peaks[:4], "…", *peaks[-4:]]
+    return (", ".join(peaks) + " MB") if peaks else "n/a"
 
 
 def _most_processes(samples: Sequence[Mapping[str, Any]]) -> str:
@@ -175,6 +198,8 @@ def report_section(results: Mapping[str, Any]) -> list[str]:
         f"| lag at the end of the load / after draining | {lag['final_total']:,.0f} / "
         f"{results['lag_after_drain']:,.0f} |",
         f"| processes judged | {_judged(growth)} |",
+        f"| peak RSS of the processes that came and went (code servers the daemon replaced "
+        f"and their helpers), in order | {_peaks(growth)} |",
         f"| long-lived RSS, first window {first_start / 60:.1f}-{first_end / 60:.1f} min | "
         f"{_mb(growth['first_mb'])} MB |",
         f"| long-lived RSS, last window {last_start / 60:.1f}-{last_end / 60:.1f} min | "
