@@ -48,7 +48,12 @@ from bench.pipeline.latency import (
 )
 from bench.pipeline.stats import load_average, machine
 from bench.pipeline.workload import CACHE_DIR, MAX_ALERTS, PROJECT_ROOT, AlertCache, catalog_index
-from bench.soak.processes import LONG_LIVED_ROLES, pipeline_processes, rss_by_role
+from bench.soak.processes import (
+    LONG_LIVED_ROLES,
+    pipeline_processes,
+    rss_by_role,
+    stop_leftovers,
+)
 from bench.soak.summary import (
     SOAK_RESULTS,
     exactness,
@@ -210,6 +215,9 @@ def soak(
         finally:
             _stop_daemon(daemon)
             _stop_daemon(worker)
+            leftovers = stop_leftovers([daemon.pid, worker.pid])
+            if leftovers:
+                print(f"  stopped {len(leftovers)} processes the daemon left: {leftovers}")
             recorder.stop.set()
         final_lag = probe.lags()
         runs = _dagster_runs(dagster_url)

@@ -10,7 +10,11 @@ one run, so its memory says nothing about leaks over hours.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +102,23 @@ def pipeline_processes(roots: Iterable[int]) -> list[ProcessMemory]:
         if rss is not None and command:
             found.append(ProcessMemory(pid, role_of(command), rss, command[:200]))
     return found
+
+
+def stop_leftovers(roots: Iterable[int], grace_seconds: float = 10.0) -> list[int]:
+    """SIGTERM, then SIGKILL, whatever still runs under or beside the roots once they are
+    stopped: code servers the daemon started in process groups of their own outlive a
+    signal to the daemon's group. Returns the pids found."""
+    leftovers = [process.pid for process in pipeline_processes(roots)]
+    for pid in leftovers:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline and any(_stat(pid) is not None for pid in leftovers):
+        time.sleep(0.2)
+    for pid in leftovers:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return leftovers
 
 
 def rss_by_role(processes: Iterable[ProcessMemory]) -> dict[str, int]:
