@@ -26,7 +26,13 @@ THROUGHPUT_TARGET_OF_LIMIT = 0.6
 THROUGHPUT_TARGET_OVER_NAIVE = 5.0
 LATENCY_TARGET_SECONDS = 30.0
 MEMORY_TARGET_RATIO = 1.5
-HEADER_DECODE_RESULTS = Path(__file__).resolve().parents[1] / "results" / "header_decode.md"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+#: Sections that benchmarks run on their own write as Markdown beside their raw results; the
+#: report includes each one's last results as it was written, in this order.
+SIDE_SECTIONS = (
+    ("header_decode.md", "## Header-only decode", "## 6. Header-only decode"),
+    ("warm_runs.md", "## Warm services in one process", "## 7. Warm services in one process"),
+)
 
 
 def _by_method_size(results: dict[str, Any]) -> dict[tuple[str, int], list[dict[str, Any]]]:
@@ -478,9 +484,11 @@ def write_report(results: dict[str, Any], plot: Path) -> str:
             "Not run this time: add `--with-engines` (about 100 s); the last results are in "
             "`bench/results/crossmatch_engines.md`."
         ]
-    if HEADER_DECODE_RESULTS.exists():  # bench.header_decode's last results, as it wrote them
-        section = HEADER_DECODE_RESULTS.read_text(encoding="utf-8")
-        lines += ["", section.replace("## Header-only decode", "## 6. Header-only decode", 1)]
+    for name, heading, numbered in SIDE_SECTIONS:
+        path = RESULTS / name
+        if path.exists():
+            section = path.read_text(encoding="utf-8")
+            lines += ["", section.replace(heading, numbered, 1).rstrip()]
     from bench.soak.summary import saved_section
 
     soak = saved_section()  # the soak runs on its own (bench.soak): its last results

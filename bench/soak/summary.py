@@ -20,7 +20,7 @@ BENCHMARKS = PROJECT_ROOT / "docs" / "benchmarks.md"
 
 MEMORY_GROWTH_TARGET = 0.10
 WINDOW_SECONDS = 600.0
-SECTION_HEADING = "## 6. Soak at a steady load through the daemon"
+SECTION_HEADING = "## 9. Soak at a steady load through the daemon"
 
 
 def comparison_windows(
