@@ -41,6 +41,7 @@ from xmatch_pipeline.publish.dead_letter import DeadLetter, publish_dead_letter
 from xmatch_pipeline.publish.enriched_alert import Precision, encode_enriched_alert
 from xmatch_pipeline.publish.kafka_transaction import (
     TransactionalPublisher,
+    TransactionTimeouts,
     backfill_transactional_id,
     transactional_id_for,
 )
@@ -78,6 +79,7 @@ class MicrobatchConfig:
     output_precision: Precision = "double"
     use_match_cache: bool = False
     stall_timeout_seconds: float = 60.0
+    transaction_timeouts: TransactionTimeouts = field(default_factory=TransactionTimeouts)
 
 
 @dataclass
@@ -260,7 +262,9 @@ class MicrobatchRunner:
             if mode == "live"
             else backfill_transactional_id(offset_range)
         )
-        return TransactionalPublisher(self.config.kafka, transactional_id)
+        return TransactionalPublisher(
+            self.config.kafka, transactional_id, self.config.transaction_timeouts
+        )
 
     def _run_held(self, run: _RangeRun, still_held: Callable[[], bool]) -> None:
         config = self.config

@@ -114,12 +114,14 @@ class Restart:
 
     ``in_background``: the run goes on at once against a service that is down, then
     starting; otherwise the hook waits until the service is back (the run then meets a
-    restarted server: dead connections, sessions and locks gone).
+    restarted server: dead connections, sessions and locks gone). The service is started
+    again ``down_seconds`` after it stopped.
     """
 
     stage: str
     occurrence: int = 1
     in_background: bool = True
+    down_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -127,18 +129,19 @@ class Restart:
 
     def __str__(self) -> str:
         how = "in the background" if self.in_background else "before the run goes on"
-        return f"{self.stage} #{self.occurrence}, back {how}"
+        return f"{self.stage} #{self.occurrence}, back {how} after {self.down_seconds:g} s"
 
 
 class RestartAt:
-    """A stage hook: stop the service where ``restart`` says, start it again after
-    ``down_seconds``; call :meth:`wait_until_back` before checking what the run left."""
+    """A stage hook: stop the service where ``restart`` says and start it again; call
+    :meth:`wait_until_back` before checking what the run left behind."""
 
-    def __init__(self, service: OwnService, restart: Restart, down_seconds: float = 1.0) -> None:
+    def __init__(self, service: OwnService, restart: Restart) -> None:
         self.service = service
         self.restart = restart
-        self.down_seconds = down_seconds
         self.seen = 0
+        #: When the service was down (``time.monotonic()``), once the hook has fired.
+        self.stopped_at: float | None = None
         self._thread: Thread | None = None
         self._failure: BaseException | None = None
 
@@ -152,21 +155,22 @@ class RestartAt:
         self.seen += 1
         if self.seen < self.restart.occurrence:
             return
-        stopped_at = time.monotonic()
+        stopping_at = time.monotonic()
         if not self.service.stop(self.service.settings):
             raise AssertionError(f"{self.service.name} was not running at {stage}")
+        self.stopped_at = time.monotonic()
         self._thread = Thread(
-            target=self._start_again, args=(stopped_at,), name=f"restart-{self.service.name}"
+            target=self._start_again, args=(stopping_at,), name=f"restart-{self.service.name}"
         )
         self._thread.start()
         if not self.restart.in_background:
             self.wait_until_back()
 
-    def _start_again(self, stopped_at: float) -> None:
+    def _start_again(self, stopping_at: float) -> None:
         try:
-            time.sleep(self.down_seconds)
+            time.sleep(self.restart.down_seconds)
             self.service.start_and_wait()
-            self.service.restarts.append(time.monotonic() - stopped_at)
+            self.service.restarts.append(time.monotonic() - stopping_at)
         except BaseException as error:  # re-raised by wait_until_back in the test's thread
             self._failure = error
 

@@ -3,10 +3,11 @@
 Each scenario runs one input partition of three ranges on a broker or database server of
 its own (``own_services``; the shared devstack is never stopped). Range by range: the
 sensor plans the range; its first run is made by the runner with a stage hook that stops
-the service at a named stage and starts it again in the background, so the run carries on
-against a service that is down, then coming back. Whatever that run does (rides the outage
-out, or fails with an error), the sensor's retries through the Dagster job converge within
-the attempt limit: after each range every alert so far is in the output exactly once
+the service at a named stage and starts it again (in the background, so the run carries on
+against a service that is down, then coming back; or before the run goes on, so it meets
+a restarted server). That run must return within its budgets (no wait without a bound),
+riding the outage out or failing with an error; then the sensor's retries through the
+Dagster job converge within the attempt limit: after each range every alert so far is in the output exactly once
 (``read_committed``), the database holds exactly their matches, and the group's offset is
 at the range's end.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from dagster import DagsterInstance
 from xmatch_pipeline.devstack import DevstackSettings
 from xmatch_pipeline.microbatch import MicrobatchRunner
 from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.publish.kafka_transaction import TransactionTimeouts
 from xmatch_pipeline.services import PipelineServices
 from xmatch_pipeline.settings import load_settings
 from xmatch_pipeline_tests.failure_fixtures import (
@@ -59,14 +61,36 @@ RANGE_MESSAGES = 30
 RANGES = 3
 CHUNK_MESSAGES = 10
 MAX_RUN_ATTEMPTS = 3
-#: Where each range's first run loses the service. "consumed" #2 is mid-read (a chunk
-#: already produced, more to read), "crossmatching" #2 mid-match, "produced" after the
-#: last chunk before both commits, "database_committed" between the two commits.
-KAFKA_RESTARTS = [Restart("consumed", 2), Restart("produced"), Restart("database_committed")]
-POSTGRES_RESTARTS = [
-    Restart("consumed", 2, in_background=False),
-    Restart("crossmatching", 2),
-    Restart("database_committed"),
+#: How long after the stop a run must have returned: the commit's and the abort's
+#: budgets, and a margin for what the run does besides.
+RETURN_MARGIN_SECONDS = 5.0
+#: A commit's budget short enough to be outlasted by the broker's absence.
+SHORT_BUDGETS = TransactionTimeouts(init_seconds=10.0, operation_seconds=4.0)
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """One range: where its first run loses the service, with which Kafka budgets, and
+    whether that run must fail (the service stays away longer than the run may wait)."""
+
+    restart: Restart
+    budgets: TransactionTimeouts = field(default_factory=TransactionTimeouts)
+    must_fail: bool = False
+
+
+#: "consumed" #2 is mid-read (a chunk already produced, more to read), "crossmatching" #2
+#: mid-match, "produced" after the last chunk before both commits, "database_committed"
+#: between the two commits.
+KAFKA_CYCLES = [
+    Cycle(Restart("consumed", 2)),
+    Cycle(Restart("produced")),
+    Cycle(Restart("database_committed", down_seconds=10.0), SHORT_BUDGETS, must_fail=True),
+]
+#: The partition lock dies with the run's database session, so every run must fail.
+POSTGRES_CYCLES = [
+    Cycle(Restart("consumed", 2, in_background=False), must_fail=True),
+    Cycle(Restart("crossmatching", 2), must_fail=True),
+    Cycle(Restart("database_committed"), must_fail=True),
 ]
 
 
@@ -135,7 +159,7 @@ def postgres_scenario(
 
 
 def _converge_after_each_restart(
-    scenario: Scenario, restarts: list[Restart], monkeypatch: pytest.MonkeyPatch
+    scenario: Scenario, cycles: list[Cycle], monkeypatch: pytest.MonkeyPatch
 ) -> list[str]:
     """Run the ranges as described above; what each range's first run did."""
     use_environment(monkeypatch, scenario.environment)
@@ -145,7 +169,8 @@ def _converge_after_each_restart(
     cursor: str | None = None
     outcomes: list[str] = []
     try:
-        for number, restart in enumerate(restarts):
+        for number, cycle in enumerate(cycles):
+            restart = cycle.restart
             offset_range = OffsetRange(
                 topic, 0, number * RANGE_MESSAGES, (number + 1) * RANGE_MESSAGES
             )
@@ -156,18 +181,29 @@ def _converge_after_each_restart(
 
             hook = RestartAt(scenario.service, restart)
             runner = MicrobatchRunner(
-                services.microbatch_config(),
+                replace(services.microbatch_config(), transaction_timeouts=cycle.budgets),
                 services.crossmatch_engine,
                 services.database,
                 stage_hook=hook,
             )
-            started = time.monotonic()
+            failure: Exception | None = None
             try:
                 runner.run(offset_range, run_id=f"restart-{number}")
-                outcome = f"{restart}: rode the restart out"
-            except Exception as error:  # any failure is fine, as long as the retry converges
-                outcome = f"{restart}: failed with {type(error).__name__}: {error}"
-            outcome += f" in {time.monotonic() - started:.1f} s"
+            except Exception as error:  # any failure will do, as long as the retry converges
+                failure = error
+            returned = time.monotonic()
+            assert hook.stopped_at is not None, f"the run never reached {restart}"
+            after_stop = returned - hook.stopped_at
+            outcome = (
+                f"{restart}: "
+                + ("rode it out" if failure is None else f"{type(failure).__name__}: {failure}")
+                + f", returned {after_stop:.1f} s after the stop"
+            )
+            # Every wait of the run is bounded: none outlasts the commit's and abort's budgets.
+            bound = 2 * cycle.budgets.operation_seconds + RETURN_MARGIN_SECONDS
+            assert after_stop < bound, outcome
+            if cycle.must_fail:
+                assert failure is not None, outcome
             hook.wait_until_back()
 
             retries = 0
@@ -202,14 +238,12 @@ def _converge_after_each_restart(
 def test_broker_restarted_mid_run_three_times_converges_exactly_once(
     kafka_scenario: Scenario, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    outcomes = _converge_after_each_restart(kafka_scenario, KAFKA_RESTARTS, monkeypatch)
+    outcomes = _converge_after_each_restart(kafka_scenario, KAFKA_CYCLES, monkeypatch)
     assert len(outcomes) == len(kafka_scenario.service.restarts) == 3, outcomes
 
 
 def test_postgres_restarted_mid_run_three_times_converges_exactly_once(
     postgres_scenario: Scenario, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    outcomes = _converge_after_each_restart(postgres_scenario, POSTGRES_RESTARTS, monkeypatch)
+    outcomes = _converge_after_each_restart(postgres_scenario, POSTGRES_CYCLES, monkeypatch)
     assert len(outcomes) == len(postgres_scenario.service.restarts) == 3, outcomes
-    # The run's partition lock dies with its database session: no run may commit after it.
-    assert all("failed" in outcome for outcome in outcomes), outcomes

@@ -6,7 +6,10 @@ stable per input partition (:func:`transactional_id_for`), so a restarted run's
 ``init_transactions`` fences its dead predecessor and aborts whatever it left open.
 
 Errors follow librdkafka's transactional contract: a retriable error retries the same
-call a bounded number of times; an error that requires abort aborts the transaction and
+call a bounded number of times, all attempts of one step sharing that step's time budget
+(librdkafka's own request timeout, ``socket.timeout.ms``, is set to the same budget: left
+at its 60 s default it outlasted the step's timeout, and a commit against a stopped broker
+blocked for three times 60 s); an error that requires abort aborts the transaction and
 raises :class:`TransactionAbortedError` (the batch may simply run again); a fatal error
 (fenced, or the producer unusable) raises :class:`ProducerFencedError` or
 :class:`PublisherFatalError` and the publisher must be discarded.
@@ -42,6 +45,8 @@ _FENCED_CODES = frozenset(
     {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 )
 _UNSAFE_ID_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
+#: The least time a call is given, so that a spent budget still makes one real attempt.
+_MIN_CALL_SECONDS = 0.1
 
 
 class TransactionalPublisherError(KafkaOperationError):
@@ -62,7 +67,8 @@ class PublisherFatalError(TransactionalPublisherError):
 
 @dataclass(frozen=True)
 class TransactionTimeouts:
-    """How long each transactional step may block, and how often a retriable one retries.
+    """How long each transactional step may block, all its retries included, and how often
+    a retriable one retries.
 
     ``transaction_timeout_ms`` bounds how long the broker keeps a dead producer's
     transaction open (it then aborts it, unblocking ``read_committed`` readers).
@@ -87,6 +93,10 @@ def backfill_transactional_id(offset_range: OffsetRange) -> str:
         f"xmatch-backfill-{offset_range.topic}-{offset_range.partition}-"
         f"{offset_range.start}-{offset_range.end}"
     )
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(int(seconds * 1000), 10)
 
 
 def _safe_id(raw: str) -> str:
@@ -129,6 +139,10 @@ class TransactionalPublisher(ClosedOnExit):
                     "message.max.bytes": max_message_bytes,
                     "transaction.timeout.ms": self.timeouts.transaction_timeout_ms,
                     "message.timeout.ms": self.timeouts.transaction_timeout_ms,
+                    # No request may outlast the step that waits for it.
+                    "socket.timeout.ms": _milliseconds(
+                        min(self.timeouts.init_seconds, self.timeouts.operation_seconds)
+                    ),
                 }
             )
         )
@@ -141,7 +155,8 @@ class TransactionalPublisher(ClosedOnExit):
         """Register the id: fences older producers with it and aborts what they left open."""
         self._retrying(
             "init_transactions",
-            lambda: self._producer.init_transactions(self.timeouts.init_seconds),
+            self._producer.init_transactions,
+            self.timeouts.init_seconds,
             abort_on_abortable=False,
         )
         self._initialized = True
@@ -223,9 +238,10 @@ class TransactionalPublisher(ClosedOnExit):
         ]
         self._retrying(
             "send_offsets_to_transaction",
-            lambda: self._producer.send_offsets_to_transaction(
-                offsets, group_metadata, self.timeouts.operation_seconds
+            lambda seconds: self._producer.send_offsets_to_transaction(
+                offsets, group_metadata, seconds
             ),
+            self.timeouts.operation_seconds,
         )
         self._commit()
 
@@ -240,7 +256,8 @@ class TransactionalPublisher(ClosedOnExit):
             return
         self._retrying(
             "abort_transaction",
-            lambda: self._producer.abort_transaction(self.timeouts.operation_seconds),
+            self._producer.abort_transaction,
+            self.timeouts.operation_seconds,
             abort_on_abortable=False,
         )
         self._in_transaction = False
@@ -264,7 +281,8 @@ class TransactionalPublisher(ClosedOnExit):
     def _commit(self) -> None:
         self._retrying(
             "commit_transaction",
-            lambda: self._producer.commit_transaction(self.timeouts.operation_seconds),
+            self._producer.commit_transaction,
+            self.timeouts.operation_seconds,
         )
         self._in_transaction = False
 
@@ -275,15 +293,25 @@ class TransactionalPublisher(ClosedOnExit):
             )
 
     def _retrying(
-        self, what: str, call: Callable[[], _T], *, abort_on_abortable: bool = True
+        self,
+        what: str,
+        call: Callable[[float], _T],
+        budget_seconds: float,
+        *,
+        abort_on_abortable: bool = True,
     ) -> _T:
+        """``call(timeout)``, retried while retriable, every attempt within one budget."""
         attempts = self.timeouts.retry_attempts
+        started = time.monotonic()
+        deadline = started + budget_seconds
         for attempt in range(1, attempts + 1):
             try:
-                return call()
+                return call(max(deadline - time.monotonic(), _MIN_CALL_SECONDS))
             except KafkaException as exception:
                 error: KafkaError = exception.args[0]
-                if error.retriable() and not error.fatal() and attempt < attempts:
+                backoff = self.timeouts.retry_backoff_seconds * 2 ** (attempt - 1)
+                time_left = deadline - time.monotonic() - backoff > _MIN_CALL_SECONDS
+                if error.retriable() and not error.fatal() and attempt < attempts and time_left:
                     logger.warning(
                         "%s %s: %s (attempt %d of %d), retrying",
                         self.transactional_id,
@@ -292,7 +320,7 @@ class TransactionalPublisher(ClosedOnExit):
                         attempt,
                         attempts,
                     )
-                    time.sleep(self.timeouts.retry_backoff_seconds * 2 ** (attempt - 1))
+                    time.sleep(backoff)
                     continue
                 if abort_on_abortable and error.txn_requires_abort():
                     self._abort_quietly()
@@ -301,10 +329,16 @@ class TransactionalPublisher(ClosedOnExit):
                         f"{error.str()}){self._delivery_summary()}; the transaction was "
                         "aborted, nothing of it is visible: run the batch again"
                     ) from exception
-                raise self._typed(what, error) from exception
+                spent = (
+                    f"{attempt} attempt{'s' if attempt > 1 else ''} in "
+                    f"{time.monotonic() - started:.1f} s (budget {budget_seconds:g} s)"
+                )
+                raise self._typed(what, error, spent) from exception
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _typed(self, what: str, error: KafkaError) -> TransactionalPublisherError:
+    def _typed(
+        self, what: str, error: KafkaError, spent: str = "one attempt"
+    ) -> TransactionalPublisherError:
         detail = f"{self.transactional_id}: {what} failed: {error.name()} ({error.str()})"
         if error.code() in _FENCED_CODES:
             self._in_transaction = False
@@ -317,8 +351,7 @@ class TransactionalPublisher(ClosedOnExit):
             return PublisherFatalError(f"{detail}; the producer is unusable: start a new run")
         if error.retriable():
             return TransactionalPublisherError(
-                f"{detail} after {self.timeouts.retry_attempts} attempts; check the broker "
-                "and run the batch again"
+                f"{detail} after {spent}; check the broker and run the batch again"
             )
         return TransactionalPublisherError(detail)
 
