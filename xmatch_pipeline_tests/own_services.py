@@ -174,6 +174,12 @@ class RestartAt:
         except BaseException as error:  # re-raised by wait_until_back in the test's thread
             self._failure = error
 
+    def is_back(self) -> bool:
+        """Whether the restarted service answers again."""
+        return (
+            bool(self.service.restarts) and self._thread is not None and not self._thread.is_alive()
+        )
+
     def wait_until_back(self) -> None:
         """Block until the restarted service answers; raise what stopped it from starting."""
         if self._thread is None:

@@ -6,10 +6,11 @@ sensor plans the range; its first run is made by the runner with a stage hook th
 the service at a named stage and starts it again (in the background, so the run carries on
 against a service that is down, then coming back; or before the run goes on, so it meets
 a restarted server). That run must return within its budgets (no wait without a bound),
-riding the outage out or failing with an error; then the sensor's retries through the
-Dagster job converge within the attempt limit: after each range every alert so far is in the output exactly once
-(``read_committed``), the database holds exactly their matches, and the group's offset is
-at the range's end.
+riding the outage out or failing with an error, and a sensor tick while the broker is
+away fails within its timeout; then the sensor's retries through the Dagster job converge
+within the attempt limit: after each range every alert so far is in the output exactly
+once (``read_committed``), the database holds exactly their matches, and the group's
+offset is at the range's end.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 from dagster import DagsterInstance
 
 from xmatch_pipeline.devstack import DevstackSettings
+from xmatch_pipeline.kafka_config import KafkaOperationError
 from xmatch_pipeline.microbatch import MicrobatchRunner
 from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.publish.kafka_transaction import TransactionTimeouts
@@ -61,6 +63,8 @@ RANGE_MESSAGES = 30
 RANGES = 3
 CHUNK_MESSAGES = 10
 MAX_RUN_ATTEMPTS = 3
+#: How long the sensor waits for Kafka's offsets (XMATCH_KAFKA_TIMEOUT).
+SENSOR_TIMEOUT_SECONDS = 3.0
 #: How long after the stop a run must have returned: the commit's and the abort's
 #: budgets, and a margin for what the run does besides.
 RETURN_MARGIN_SECONDS = 5.0
@@ -76,6 +80,9 @@ class Cycle:
     restart: Restart
     budgets: TransactionTimeouts = field(default_factory=TransactionTimeouts)
     must_fail: bool = False
+    #: Tick the sensor while the service is still away: the tick must fail, within its
+    #: own timeout, with the pipeline's error.
+    tick_while_down: bool = False
 
 
 #: "consumed" #2 is mid-read (a chunk already produced, more to read), "crossmatching" #2
@@ -84,7 +91,12 @@ class Cycle:
 KAFKA_CYCLES = [
     Cycle(Restart("consumed", 2)),
     Cycle(Restart("produced")),
-    Cycle(Restart("database_committed", down_seconds=10.0), SHORT_BUDGETS, must_fail=True),
+    Cycle(
+        Restart("database_committed", down_seconds=12.0),
+        SHORT_BUDGETS,
+        must_fail=True,
+        tick_while_down=True,
+    ),
 ]
 #: The partition lock dies with the run's database session, so every run must fail.
 POSTGRES_CYCLES = [
@@ -128,6 +140,7 @@ def _scenario(
         XMATCH_CHUNK_MESSAGES=str(CHUNK_MESSAGES),
         XMATCH_MAX_MESSAGES_PER_RUN=str(RANGE_MESSAGES),
         XMATCH_MAX_RUN_ATTEMPTS=str(MAX_RUN_ATTEMPTS),
+        XMATCH_KAFKA_TIMEOUT=f"{SENSOR_TIMEOUT_SECONDS:g}",
     )
     return Scenario(
         service, kafka_bootstrap, database_url, stream, output_topic, group_id, environment
@@ -204,6 +217,13 @@ def _converge_after_each_restart(
             assert after_stop < bound, outcome
             if cycle.must_fail:
                 assert failure is not None, outcome
+            if cycle.tick_while_down:
+                tick_started = time.monotonic()
+                with pytest.raises(KafkaOperationError, match="check"):
+                    evaluate_sensor(instance, cursor)
+                # Two lookups (topics, then lags), each within the sensor's timeout.
+                assert time.monotonic() - tick_started < 2 * SENSOR_TIMEOUT_SECONDS + 2.0
+                assert not hook.is_back(), "the tick must have run while the broker was away"
             hook.wait_until_back()
 
             retries = 0
