@@ -138,6 +138,25 @@ class MicrobatchError(RuntimeError):
     """A run failed; nothing of it is visible downstream and its range can run again."""
 
 
+def _database_failure(offset_range: OffsetRange, doing: str, error: DBAPIError) -> MicrobatchError:
+    """The run's error for a database failure: the driver's own message only (the
+    statement and its rows stay out of logs), what was left and what to do."""
+    reason = " ".join(str(error.orig).split())[:500]
+    return MicrobatchError(
+        f"{offset_range}: {doing}, the database failed ({type(error.orig).__name__}: "
+        f"{reason}); nothing was committed (no rows, no output, no offsets): check "
+        "PostgreSQL, then run the range again"
+    )
+
+
+@contextmanager
+def _database_failures_explained(offset_range: OffsetRange, doing: str) -> Iterator[None]:
+    try:
+        yield
+    except DBAPIError as error:
+        raise _database_failure(offset_range, doing, error) from error
+
+
 @contextmanager
 def _timed(seconds: StageSeconds, stage: str) -> Iterator[None]:
     started = time.perf_counter()
@@ -233,7 +252,12 @@ class MicrobatchRunner:
             started_at=datetime.now(UTC),
             output_produced=produce_output,
         )
-        with self.ledger.hold_partition(offset_range.topic, offset_range.partition, run_id) as hold:
+        # The database down when the run starts (the lock, the ledger) is the system's fault
+        # like any other: the pipeline's error, not the driver's.
+        with (
+            _database_failures_explained(offset_range, "could not start"),
+            self.ledger.hold_partition(offset_range.topic, offset_range.partition, run_id) as hold,
+        ):
             self.ledger.record_started(offset_range, mode, run_id)
             run = _RangeRun(offset_range, mode, run_id, produce_output, report)
             try:
@@ -395,10 +419,6 @@ class MicrobatchRunner:
                 f"{run.offset_range}: could not store the matches: {error}"
             ) from error
         except DBAPIError as error:
-            # The driver's own message only (the statement and its rows stay out of logs).
-            reason = " ".join(str(error.orig).split())[:500]
-            raise MicrobatchError(
-                f"{run.offset_range}: could not store the matches, the database failed "
-                f"({type(error.orig).__name__}: {reason}); nothing was committed (no rows, "
-                "no output, no offsets): check PostgreSQL, then run the range again"
+            raise _database_failure(
+                run.offset_range, "could not store the matches", error
             ) from error

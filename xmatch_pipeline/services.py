@@ -14,6 +14,7 @@ from functools import cached_property
 
 from confluent_kafka import Producer
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import DBAPIError
 
 from xmatch_pipeline.kafka_config import KafkaClientConfig
 from xmatch_pipeline.match.cds_client import CdsXmatchClient
@@ -23,6 +24,7 @@ from xmatch_pipeline.microbatch import MicrobatchConfig, MicrobatchReport, Micro
 from xmatch_pipeline.read.kafka_offsets import KafkaOffsetsReader
 from xmatch_pipeline.read.topic_selection import select_topics
 from xmatch_pipeline.settings import KafkaCredentials, PipelineSettings
+from xmatch_pipeline.store.errors import StoreError
 from xmatch_pipeline.store.match_writer import StepRecord
 from xmatch_pipeline.store.range_ledger import RangeLedger
 from xmatch_pipeline.store.schema import ensure_schema
@@ -94,7 +96,16 @@ class PipelineServices:
     @cached_property
     def database(self) -> Engine:
         engine = database_engine(self.settings)
-        ensure_schema(engine)
+        try:
+            ensure_schema(engine)
+        except DBAPIError as error:
+            engine.dispose()
+            reason = " ".join(str(error.orig).split())[:300]
+            raise StoreError(
+                f"could not reach the pipeline database {self.settings.database.redacted_url()} "
+                f"({type(error.orig).__name__}: {reason}); check that PostgreSQL runs and the "
+                "DB_* settings, then run again"
+            ) from error
         return engine
 
     @cached_property

@@ -23,6 +23,7 @@ from xmatch_pipeline.devstack.postgres_server import (
 from xmatch_pipeline.microbatch import MicrobatchError, MicrobatchRunner
 from xmatch_pipeline.services import PipelineServices
 from xmatch_pipeline.settings import load_settings
+from xmatch_pipeline.store.errors import StoreError
 from xmatch_pipeline.store.range_ledger import LedgerEntry, RangeLedger
 from xmatch_pipeline_tests.failure_fixtures import (
     CHUNK_MESSAGES,
@@ -180,3 +181,30 @@ def test_database_restarted_before_commit_loses_the_lock_and_commits_no_output(
     assert "lost the partition lock" in entry.error
 
     _assert_retry_succeeds(case, kafka_bootstrap)
+
+
+def test_database_down_when_a_run_starts_gives_the_pipelines_error_then_retry_succeeds(
+    case: OutageCase, kafka_bootstrap: str
+) -> None:
+    """Down before the run's first statement (the partition lock): the pipeline's error,
+    not the driver's, and nothing touched; the services say the same at their start."""
+    runner = case.runner(lambda stage: None)
+    assert stop_postgres(case.server)
+    try:
+        with pytest.raises(MicrobatchError) as failure:
+            runner.run(case.stream.offset_range, run_id="outage")
+        message = str(failure.value)
+        assert f"{case.stream.offset_range}: could not start, the database failed" in message
+        assert "check PostgreSQL, then run the range again" in message
+        with pytest.raises(StoreError, match=r"could not reach the pipeline database .*:\*{8}@"):
+            _ = PipelineServices(case.services.settings).database
+    finally:
+        start_postgres(case.server)
+        wait_until_postgres_ready(case.server)
+    assert group_offsets(kafka_bootstrap, case.group_id, case.stream.topic)[0] is None
+    assert case.ledger_entry() is None
+
+    report = case.runner(lambda stage: None).run(case.stream.offset_range, run_id="after")
+    assert report.offsets_committed
+    assert sorted(read_candids(kafka_bootstrap, case.output_topic)) == sorted(case.stream.candids)
+    assert_database_holds_exactly(case.database_url, case.stream)
