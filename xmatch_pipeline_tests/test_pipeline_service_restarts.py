@@ -151,8 +151,7 @@ def _scenario(
 @pytest.fixture(autouse=True)
 def _no_stale_kafka_clients() -> None:
     """Earlier tests' clients left in reference cycles are freed here, on this thread, before
-    a broker of our own comes and goes (see ``_collect_kafka_clients``). Without it the
-    full suite's process died of a segmentation fault as this module began, twice in two."""
+    a broker of our own comes and goes (see ``_collect_kafka_clients``)."""
     _collect_kafka_clients()
 
 
