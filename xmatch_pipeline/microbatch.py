@@ -42,6 +42,7 @@ from xmatch_pipeline.publish.enriched_alert import Precision, encode_enriched_al
 from xmatch_pipeline.publish.kafka_transaction import (
     MessageTooLargeError,
     TransactionalPublisher,
+    TransactionTimeouts,
     backfill_transactional_id,
     transactional_id_for,
 )
@@ -91,6 +92,7 @@ class MicrobatchConfig:
     publisher_kafka: KafkaClientConfig | None = None
     """The transactional producer's connection when its credentials differ from the
     reader's (``PRODUCER_KAFKA_…``); None: the same as ``kafka``."""
+    transaction_timeouts: TransactionTimeouts = field(default_factory=TransactionTimeouts)
 
 
 @dataclass
@@ -151,6 +153,25 @@ class MicrobatchError(RuntimeError):
 
 class GroupNotAtRangeStartError(MicrobatchError):
     """A live range that does not start at the consumer group's offset: refused unrun."""
+
+
+def _database_failure(offset_range: OffsetRange, doing: str, error: DBAPIError) -> MicrobatchError:
+    """The run's error for a database failure: the driver's own message only (the
+    statement and its rows stay out of logs), what was left and what to do."""
+    reason = " ".join(str(error.orig).split())[:500]
+    return MicrobatchError(
+        f"{offset_range}: {doing}, the database failed ({type(error.orig).__name__}: "
+        f"{reason}); nothing was committed (no rows, no output, no offsets): check "
+        "PostgreSQL, then run the range again"
+    )
+
+
+@contextmanager
+def _database_failures_explained(offset_range: OffsetRange, doing: str) -> Iterator[None]:
+    try:
+        yield
+    except DBAPIError as error:
+        raise _database_failure(offset_range, doing, error) from error
 
 
 @contextmanager
@@ -234,7 +255,12 @@ class MicrobatchRunner:
             started_at=datetime.now(UTC),
             output_produced=produce_output,
         )
-        with self.ledger.hold_partition(offset_range.topic, offset_range.partition, run_id) as hold:
+        # The database down when the run starts (the lock, the ledger) is the system's fault
+        # like any other: the pipeline's error, not the driver's.
+        with (
+            _database_failures_explained(offset_range, "could not start"),
+            self.ledger.hold_partition(offset_range.topic, offset_range.partition, run_id) as hold,
+        ):
             if mode == "live":
                 # Under the partition lock: no other live run can move the group meanwhile.
                 self._check_group_at_start(offset_range)
@@ -309,6 +335,7 @@ class MicrobatchRunner:
             transactional_id,
             max_message_bytes=limits.producer_max_bytes,
             batch_bytes=limits.producer_batch_bytes,
+            timeouts=self.config.transaction_timeouts,
         )
 
     def _run_held(self, run: _RangeRun, still_held: Callable[[], bool]) -> None:
@@ -494,12 +521,8 @@ class MicrobatchRunner:
                 f"{run.offset_range}: could not store the matches: {error}"
             ) from error
         except DBAPIError as error:
-            # The driver's own message only (the statement and its rows stay out of logs).
-            reason = " ".join(str(error.orig).split())[:500]
-            raise MicrobatchError(
-                f"{run.offset_range}: could not store the matches, the database failed "
-                f"({type(error.orig).__name__}: {reason}); nothing was committed (no rows, "
-                "no output, no offsets): check PostgreSQL, then run the range again"
+            raise _database_failure(
+                run.offset_range, "could not store the matches", error
             ) from error
 
 

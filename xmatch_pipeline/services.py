@@ -136,7 +136,11 @@ class PipelineServices:
     @cached_property
     def database(self) -> Engine:
         engine = database_engine(self.settings)
-        ensure_schema(engine)
+        try:
+            ensure_schema(engine)  # a server that cannot be reached: DatabaseUnavailableError
+        except BaseException:
+            engine.dispose()
+            raise
         return engine
 
     @cached_property

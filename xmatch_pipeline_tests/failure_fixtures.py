@@ -56,6 +56,21 @@ class InputStream:
     def offset_range(self) -> OffsetRange:
         return OffsetRange(self.topic, 0, 0, len(self.candids))
 
+    def first(self, count: int) -> InputStream:
+        """The stream's first ``count`` alerts (offsets ``[0, count)``) and what they store."""
+        object_ids = self.object_ids[:count]
+        expected_xmatch = {
+            oid: self.expected_xmatch[oid] for oid in object_ids if oid in self.expected_xmatch
+        }
+        sources = {source for source, _ in expected_xmatch.values()}
+        return InputStream(
+            self.topic,
+            self.candids[:count],
+            object_ids,
+            expected_xmatch,
+            {source: self.expected_allwise[source] for source in sources},
+        )
+
 
 @dataclass(frozen=True)
 class DatabaseSnapshot:

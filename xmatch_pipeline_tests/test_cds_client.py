@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +13,16 @@ import pandas as pd
 import pytest
 
 from xmatch_pipeline.cds_server import CdsXmatchServer, Fault
+from xmatch_pipeline.cds_server.faults import NEVER_SENT_ID, SLOW_BODY_PIECE_BYTES
 from xmatch_pipeline.match.allwise import ALLWISE_SPEC, CDS_COLUMNS
 from xmatch_pipeline.match.catalog_aliases import cds_catalog_parameter, vizier_table
 from xmatch_pipeline.match.catalog_spec import CatalogSpec
+from xmatch_pipeline.match.cds_answer import DISTANCE_TOLERANCE_ARCSEC, checked_source_rows
 from xmatch_pipeline.match.cds_client import CdsClientSettings, CdsXmatchClient
 from xmatch_pipeline.match.cds_errors import (
     CdsBannedError,
     CdsRejectedError,
+    CdsResponseError,
     CdsUnavailableError,
     RetryableResponseError,
 )
@@ -28,7 +32,7 @@ from xmatch_pipeline.match.cds_response import (
     query_status_message,
     read_raw_table,
 )
-from xmatch_pipeline.match.cds_upload import healpix_indices
+from xmatch_pipeline.match.cds_upload import UploadChunk, healpix_indices
 from xmatch_pipeline.match.engine import CrossmatchError
 from xmatch_pipeline.match.unmatched import unmatched_ids
 from xmatch_pipeline_tests.pipeline_fixtures import (
@@ -323,3 +327,115 @@ def test_settings_refuse_what_would_get_the_address_banned() -> None:
         CdsXmatchClient().crossmatch(
             pd.DataFrame({"id": [1], "ra": [1.0], "dec": [91.0]}), ALLWISE_SPEC
         )
+
+
+# --- slow answers: the deadline bounds the whole exchange --------------------------------
+
+
+def test_an_answer_sent_in_small_pieces_is_read_whole(
+    cds_server: CdsXmatchServer, positions: pd.DataFrame
+) -> None:
+    sample = positions.iloc[:20]
+    expected = quick_client(cds_server.url).crossmatch(sample, ALLWISE_SPEC)
+    cds_server.set_faults([Fault("slow_body", times=1, seconds=0.001)])
+    matches = quick_client(cds_server.url).crossmatch(sample, ALLWISE_SPEC)
+    pd.testing.assert_frame_equal(matches, expected)
+    assert cds_server.requests[-1].fault == "slow_body"
+
+
+def test_an_answer_trickling_in_is_cut_at_the_deadline(
+    cds_server: CdsXmatchServer, positions: pd.DataFrame
+) -> None:
+    """Every read is quick (64 bytes each 50 ms), so only the deadline can stop it."""
+    sample = positions.iloc[:100]
+    quick_client(cds_server.url).crossmatch(sample, ALLWISE_SPEC)
+    (normal,) = cds_server.requests
+    _, answer, _ = cds_server.answer(normal.fields, {"cat1": normal.upload or b""})
+    pause = 0.05
+    seconds_to_send_it_all = len(answer) / SLOW_BODY_PIECE_BYTES * pause
+    deadline, read_timeout = 1.5, 0.5
+    assert seconds_to_send_it_all > 10 * deadline
+    cds_server.set_faults([Fault("slow_body", times=None, seconds=pause)])
+    client = quick_client(
+        cds_server.url, deadline_seconds=deadline, read_timeout_seconds=read_timeout
+    )
+
+    started = time.monotonic()
+    with pytest.raises(CdsUnavailableError) as raised:
+        client.crossmatch(sample, ALLWISE_SPEC)
+    elapsed = time.monotonic() - started
+
+    message = str(raised.value)
+    assert cds_server.url in message
+    assert "chunk 1/1 (100 rows)" in message
+    assert "still arriving when the chunk's deadline passed" in message
+    assert "XMATCH_CDS_DEADLINE" in message
+    # Bounded by the deadline plus at most one read slice, far from the body's own pace.
+    assert elapsed < deadline + read_timeout + 1.0
+    assert elapsed < seconds_to_send_it_all / 5
+
+
+# --- answers checked before use --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "complaint"),
+    [
+        ("far_row", "outside the requested radius [0, 1]"),
+        ("unknown_id", f"is for id '{NEVER_SENT_ID}', which was never sent"),
+        ("duplicate_row", "under selection=best, which allows one row per id"),
+    ],
+)
+def test_a_wrong_answer_is_refused_once_with_a_clear_error(
+    cds_server: CdsXmatchServer, positions: pd.DataFrame, kind: str, complaint: str
+) -> None:
+    cds_server.set_faults([Fault(kind, times=None)])
+    with pytest.raises(CdsResponseError) as raised:
+        quick_client(cds_server.url, chunk_rows=60).crossmatch(positions.iloc[:100], ALLWISE_SPEC)
+    message = str(raised.value)
+    assert complaint in message
+    assert f"{cds_server.url}, chunk 1/2" in message
+    assert "report it to CDS" in message
+    assert isinstance(raised.value, CrossmatchError)
+    # A deterministic fault: not retried, and the next chunk is never asked for.
+    assert [record.fault for record in cds_server.requests] == [kind]
+
+
+def _chunk(id_texts: tuple[str, ...]) -> UploadChunk:
+    rows = np.arange(len(id_texts), dtype=np.int64)[::-1].copy()
+    return UploadChunk(number=0, source_rows=rows, id_texts=id_texts, body=b"")
+
+
+def _answer(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
+    """A raw answer of (angDist, col1, id_in) rows, as ``read_raw_table`` gives it."""
+    names = ("angDist", "col1", "id_in")
+    return pd.DataFrame({
+        name: pd.array([row[position] for row in rows], dtype="string")
+        for position, name in enumerate(names)
+    })  # fmt: skip
+
+
+def test_answer_checks_on_plain_tables() -> None:
+    chunk = _chunk(("10", "11", "12"))
+    spec = CatalogSpec("allwise", (), radius_arcsec=1.0, selection="best")
+    inside = repr(1.0 + DISTANCE_TOLERANCE_ARCSEC / 2)
+    good = _answer([("0.5", "0", "10"), (inside, "2", "12")])
+    assert checked_source_rows(good, chunk, spec, "here").tolist() == [2, 0]
+
+    beyond = repr(1.0 + 2 * DISTANCE_TOLERANCE_ARCSEC)
+    refusals = {
+        "outside the requested radius": _answer([("0.5", "0", "10"), (beyond, "1", "11")]),
+        "not a number": _answer([("near", "0", "10")]),
+        "col1=3, but only col1 0..2 were uploaded": _answer([("0.5", "3", "10")]),
+        "uploaded as '10': the answer does not match": _answer([("0.5", "0", "11")]),
+        "2 rows for 1 ids under selection=best": _answer([("0.5", "1", "11"), ("0.7", "1", "11")]),
+    }
+    for complaint, table in refusals.items():
+        with pytest.raises(CdsResponseError, match=complaint):
+            checked_source_rows(table, chunk, spec, "here")
+    with pytest.raises(CdsResponseError, match="no col1 column"):
+        checked_source_rows(good.drop(columns="col1"), chunk, spec, "here")
+    # Several rows per id are the point of selection=all.
+    every = CatalogSpec("allwise", (), radius_arcsec=1.0, selection="all")
+    several = _answer([("0.5", "1", "11"), ("0.7", "1", "11")])
+    assert checked_source_rows(several, chunk, every, "here").tolist() == [1, 1]

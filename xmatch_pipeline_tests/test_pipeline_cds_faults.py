@@ -8,6 +8,7 @@ why; once CDS answers again the sensor's retry of the same range succeeds.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,11 @@ from xmatch_pipeline_tests.pipeline_fixtures import (
 pytestmark = pytest.mark.timeout(120)
 
 ALERTS = 6
+#: The flow's CDS deadline and read timeout (s), and a margin for the run around the call.
+DEADLINE_SECONDS, READ_TIMEOUT_SECONDS, RUN_MARGIN_SECONDS = 6.0, 2.0, 5.0
+#: A slow body's pause between pieces: each read is quick (under the read timeout) while
+#: the whole answer (~1 kB in 64-byte pieces) would take far longer than the deadline.
+SLOW_BODY_PAUSE_SECONDS = 1.5
 #: Each test takes alerts of its own, so objects (and their rows) never overlap.
 _slots = itertools.count()
 
@@ -83,8 +89,8 @@ def flow(
         XMATCH_ENGINE="cds",
         XMATCH_CDS_URL=server.url,
         XMATCH_MATCH_CACHE="false",
-        XMATCH_CDS_READ_TIMEOUT="2",
-        XMATCH_CDS_DEADLINE="6",
+        XMATCH_CDS_READ_TIMEOUT=f"{READ_TIMEOUT_SECONDS:g}",
+        XMATCH_CDS_DEADLINE=f"{DEADLINE_SECONDS:g}",
         RETRIES="3",
         RETRY_INTERVAL="0.05",
     )
@@ -132,8 +138,28 @@ def test_two_server_errors_then_success_is_one_clean_run(
 
 @pytest.mark.parametrize(
     ("fault", "requests_per_run", "reason"),
-    [(Fault("503", times=None), 4, "503"), (Fault("400", times=None), 1, "400")],
-    ids=["persistent-503", "rejected-400"],
+    [
+        (Fault("503", times=None), 4, "503"),
+        (Fault("400", times=None), 1, "400"),
+        # Wrong answers are deterministic: refused at once, not retried by the client.
+        (Fault("far_row", times=None), 1, "outside the requested radius"),
+        (Fault("unknown_id", times=None), 1, "which was never sent"),
+        (Fault("duplicate_row", times=None), 1, "which allows one row per id"),
+        # An answer trickling in is cut at the deadline.
+        (
+            Fault("slow_body", times=None, seconds=SLOW_BODY_PAUSE_SECONDS),
+            1,
+            "still arriving when the chunk's deadline passed",
+        ),
+    ],
+    ids=[
+        "persistent-503",
+        "rejected-400",
+        "far-row",
+        "unknown-id",
+        "duplicate-row",
+        "slow-body",
+    ],
 )
 def test_persistent_fault_fails_the_run_cleanly_and_the_retry_succeeds(
     fault: Fault,
@@ -151,9 +177,13 @@ def test_persistent_fault_fails_the_run_cleanly_and_the_retry_succeeds(
     (request,) = first_tick.run_requests or []
     asked_before = len(server.requests)
 
+    started = time.monotonic()
     failed = execute_request(instance, request)
+    elapsed = time.monotonic() - started
 
     assert not failed.success
+    # Bounded: never longer than the deadline, a read slice and the run's own overhead.
+    assert elapsed < DEADLINE_SECONDS + READ_TIMEOUT_SECONDS + RUN_MARGIN_SECONDS
     # Retried as far as it can succeed (a 400 never can), then given up.
     assert len(server.requests) - asked_before == requests_per_run
     assert read_committed(kafka_bootstrap, flow.output) == []

@@ -6,10 +6,6 @@ and port) so that stopping it never disturbs the shared one other tests use.
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
-import socket
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +20,10 @@ from xmatch_pipeline.devstack.postgres_server import (
     stop_postgres,
     wait_until_postgres_ready,
 )
-from xmatch_pipeline.devstack.stack import prepare_devstack_directory
 from xmatch_pipeline.microbatch import MicrobatchError, MicrobatchRunner
 from xmatch_pipeline.services import PipelineServices
 from xmatch_pipeline.settings import load_settings
+from xmatch_pipeline.store.errors import DatabaseUnavailableError
 from xmatch_pipeline.store.range_ledger import LedgerEntry, RangeLedger
 from xmatch_pipeline_tests.failure_fixtures import (
     CHUNK_MESSAGES,
@@ -36,6 +32,7 @@ from xmatch_pipeline_tests.failure_fixtures import (
     read_candids,
     write_input_stream,
 )
+from xmatch_pipeline_tests.own_services import own_postgres
 from xmatch_pipeline_tests.pipeline_fixtures import (
     fresh_database,
     group_offsets,
@@ -45,27 +42,11 @@ from xmatch_pipeline_tests.pipeline_fixtures import (
 ALERT_COUNT = 120
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
-def own_postgres(devstack: DevstackSettings) -> Iterator[DevstackSettings]:
+def own_postgres_server(devstack: DevstackSettings) -> Iterator[DevstackSettings]:
     """A PostgreSQL server of this module alone, removed afterwards."""
-    # Not under pytest's private tmp folder: as root the server runs as the 'postgres' account.
-    folder = Path(tempfile.mkdtemp(prefix="xmatch-outage-", dir="/tmp"))
-    settings = dataclasses.replace(devstack, devstack_dir=folder, postgres_port=_free_port())
-    try:
-        prepare_devstack_directory(folder)
-        start_postgres(settings)
-        wait_until_postgres_ready(settings)
-        yield settings
-    finally:
-        stop_postgres(settings)
-        shutil.rmtree(folder, ignore_errors=True)
+    with own_postgres(devstack) as server:
+        yield server.settings
 
 
 @dataclass
@@ -96,7 +77,7 @@ class OutageCase:
 @pytest.fixture
 def case(
     *,
-    own_postgres: DevstackSettings,
+    own_postgres_server: DevstackSettings,
     kafka_bootstrap: str,
     new_topic: Callable[..., str],
     shared_data_dir: Path,
@@ -105,7 +86,7 @@ def case(
     input_topic = new_topic("outage-input")
     output_topic = new_topic("outage-output")
     stream = write_input_stream(kafka_bootstrap, input_topic, shared_data_dir, ALERT_COUNT, 43)
-    with fresh_database(own_postgres.database_url) as database_url:
+    with fresh_database(own_postgres_server.database_url) as database_url:
         environment = pipeline_environment(
             kafka_bootstrap=kafka_bootstrap,
             database_url=database_url,
@@ -118,7 +99,12 @@ def case(
         services = PipelineServices(load_settings(environment))
         try:
             yield OutageCase(
-                own_postgres, database_url, stream, output_topic, f"outage-{output_topic}", services
+                own_postgres_server,
+                database_url,
+                stream,
+                output_topic,
+                f"outage-{output_topic}",
+                services,
             )
         finally:
             services.dispose()
@@ -195,3 +181,30 @@ def test_database_restarted_before_commit_loses_the_lock_and_commits_no_output(
     assert "lost the partition lock" in entry.error
 
     _assert_retry_succeeds(case, kafka_bootstrap)
+
+
+def test_database_down_when_a_run_starts_gives_the_pipelines_error_then_retry_succeeds(
+    case: OutageCase, kafka_bootstrap: str
+) -> None:
+    """Down before the run's first statement (the partition lock): the pipeline's error,
+    not the driver's, and nothing touched; the services say the same at their start."""
+    runner = case.runner(lambda stage: None)
+    assert stop_postgres(case.server)
+    try:
+        with pytest.raises(DatabaseUnavailableError) as failure:
+            runner.run(case.stream.offset_range, run_id="outage")
+        message = str(failure.value)
+        assert "cannot connect to PostgreSQL" in message
+        assert "check that the server is running" in message
+        with pytest.raises(DatabaseUnavailableError, match=r"preparing the schema: cannot connect"):
+            _ = PipelineServices(case.services.settings).database
+    finally:
+        start_postgres(case.server)
+        wait_until_postgres_ready(case.server)
+    assert group_offsets(kafka_bootstrap, case.group_id, case.stream.topic)[0] is None
+    assert case.ledger_entry() is None
+
+    report = case.runner(lambda stage: None).run(case.stream.offset_range, run_id="after")
+    assert report.offsets_committed
+    assert sorted(read_candids(kafka_bootstrap, case.output_topic)) == sorted(case.stream.candids)
+    assert_database_holds_exactly(case.database_url, case.stream)

@@ -7,11 +7,16 @@ does, then requests are served normally, so "fail twice then succeed" is one que
 
 from __future__ import annotations
 
+import csv
+import io
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from threading import Lock
 from typing import Any
+
+#: How much of the answer a ``slow_body`` fault sends at a time.
+SLOW_BODY_PIECE_BYTES = 64
 
 #: Every fault kind: what the client sees.
 FAULT_KINDS: dict[str, str] = {
@@ -26,7 +31,17 @@ FAULT_KINDS: dict[str, str] = {
     "truncated": "HTTP 200 with the CSV answer cut mid-row (Content-Length of the cut body)",
     "cut_connection": "HTTP 200 promising the whole CSV; the connection closes halfway",
     "drop": "the connection closes before any answer",
+    "slow_body": (
+        f"HTTP 200 whose CSV answer comes {SLOW_BODY_PIECE_BYTES} bytes at a time, `seconds` "
+        "apart (every read is quick, the whole answer is not)"
+    ),
+    "far_row": "HTTP 200 whose first row claims a match 1 arcsec beyond the radius asked for",
+    "unknown_id": "HTTP 200 whose first row is for an id never uploaded",
+    "duplicate_row": "HTTP 200 whose first row comes twice (two 'best' rows for one id)",
 }
+#: Faults that answer a well-formed table with wrong rows (see ``corrupted_answer``).
+ANSWER_CORRUPTIONS = frozenset({"far_row", "unknown_id", "duplicate_row"})
+NEVER_SENT_ID = "never-sent"
 
 DEFAULT_REJECTION = "Column 'unknown' not found in table"
 
@@ -109,3 +124,27 @@ class FaultQueue:
         """The faults still queued, ``times`` being what is left of each."""
         with self._lock:
             return [{**fault.to_json(), "times": left} for fault, left in self._queue]
+
+
+def corrupted_answer(kind: str, answer: bytes, radius_arcsec: float) -> bytes:
+    """A CSV answer with its first row made wrong as ``kind`` (one of ``ANSWER_CORRUPTIONS``)
+    says; an answer without rows is returned as it is."""
+    if kind not in ANSWER_CORRUPTIONS:
+        raise ValueError(f"{kind!r} is not an answer corruption ({sorted(ANSWER_CORRUPTIONS)})")
+    header, *records = list(csv.reader(io.StringIO(answer.decode("utf-8"))))
+    if not records:
+        return answer
+    first = list(records[0])
+    if kind == "far_row":
+        first[header.index("angDist")] = repr(radius_arcsec + 1.0)
+        records[0] = first
+    elif kind == "unknown_id":
+        first[header.index("id_in")] = NEVER_SENT_ID
+        records[0] = first
+    else:
+        records.insert(1, first)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(records)
+    return buffer.getvalue().encode("utf-8")

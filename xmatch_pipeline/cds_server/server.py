@@ -30,7 +30,13 @@ from urllib.parse import urlsplit
 import pandas as pd
 
 from xmatch_pipeline.cds_server.catalogs import ServedCatalogs
-from xmatch_pipeline.cds_server.faults import Fault, FaultQueue
+from xmatch_pipeline.cds_server.faults import (
+    ANSWER_CORRUPTIONS,
+    SLOW_BODY_PIECE_BYTES,
+    Fault,
+    FaultQueue,
+    corrupted_answer,
+)
 from xmatch_pipeline.cds_server.protocol import (
     FormData,
     ProtocolError,
@@ -338,7 +344,34 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "drop":
             self.close_connection = True
             return None
+        if kind in ANSWER_CORRUPTIONS:
+            status, answer, content_type = self.owner.answer(form.fields, form.files)
+            if status == 200:
+                radius = float(form.fields.get("distMaxArcsec", "0"))
+                answer = corrupted_answer(kind, answer, radius)
+            self._send(status, answer, content_type)
+            return status
+        if kind == "slow_body":
+            return self._send_slowly(fault, form)
         return self._send_cut_answer(fault, form)
+
+    def _send_slowly(self, fault: Fault, form: FormData) -> int:
+        """The real answer, a few bytes at a time ``fault.seconds`` apart, until it is all
+        sent or the client hangs up."""
+        status, answer, content_type = self.owner.answer(form.fields, form.files)
+        self._note_status(status)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            for start in range(0, len(answer), SLOW_BODY_PIECE_BYTES):
+                self.wfile.write(answer[start : start + SLOW_BODY_PIECE_BYTES])
+                self.wfile.flush()
+                time.sleep(fault.seconds)
+        except (BrokenPipeError, ConnectionResetError):
+            _LOG.debug("client went away before the slow answer was sent")
+        return status
 
     def _send_cut_answer(self, fault: Fault, form: FormData) -> int:
         """The real answer cut inside a row: with the cut length (``truncated``), or

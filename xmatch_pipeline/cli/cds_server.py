@@ -24,9 +24,9 @@ def cds_server_command(
         typer.Option(
             "--fault",
             help="Fault to inject first, KIND[:TIMES[:SECONDS]] (TIMES `*`: for ever), e.g. "
-            "`500:2`, `delay:1:3`. Kinds: delay, 500, 503, 504, html200, 403, 400, "
-            "too_many_jobs, truncated, cut_connection, drop. Change at run time with "
-            "POST /_faults.",
+            "`500:2`, `delay:1:3`, `slow_body:1:0.1`. Kinds: delay, 500, 503, 504, html200, "
+            "403, 400, too_many_jobs, truncated, cut_connection, drop, slow_body, far_row, "
+            "unknown_id, duplicate_row. Change at run time with POST /_faults.",
         ),
     ] = None,
 ) -> None:

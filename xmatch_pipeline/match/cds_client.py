@@ -8,6 +8,14 @@ attempt can fix (timeouts, dropped connections, 5xx, an error page inside a 200,
 jobs", a cut-short body); never for a 400 (the request is wrong: the service's
 QUERY_STATUS message is raised) nor a 403 (the address is banned: retrying prolongs it).
 
+The deadline bounds the whole exchange, not each socket read: the body is streamed and the
+clock checked between reads (each read returns what one socket read brought, and every
+timeout is capped by the time left), so an answer trickling in byte by byte is cut at the
+deadline, overshooting it by at most one read-timeout slice. A cut body is a retriable
+failure; past the deadline the chunk fails with one ``CdsUnavailableError``. Each answer is
+checked before use (``match.cds_answer``: rows beyond the radius, ids never sent, several
+"best" rows for one id); a table that fails is refused, not retried.
+
 This research made use of the cross-match service provided by CDS, Strasbourg.
 """
 
@@ -25,9 +33,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import requests
+import urllib3
 
 from xmatch_pipeline.match.catalog_aliases import cds_catalog_parameter
 from xmatch_pipeline.match.catalog_spec import CatalogSpec
+from xmatch_pipeline.match.cds_answer import checked_source_rows
 from xmatch_pipeline.match.cds_errors import (
     CdsBannedError,
     CdsRejectedError,
@@ -51,7 +61,6 @@ from xmatch_pipeline.match.cds_upload import (
     MAX_CHUNK_ROWS,
     UPLOAD_COLUMNS,
     UPLOAD_DEC_COLUMN,
-    UPLOAD_ID_COLUMN,
     UPLOAD_RA_COLUMN,
     UploadChunk,
     upload_chunks,
@@ -70,6 +79,8 @@ _RETRYABLE_TRANSPORT_ERRORS = (
     requests.exceptions.ContentDecodingError,
 )
 _RETRYABLE_STATUSES = frozenset({408, 429})
+#: The most one read of the body asks for; a read returns as soon as any bytes arrive.
+_READ_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -117,7 +128,17 @@ class CdsClientSettings:
 @dataclass(frozen=True)
 class _ChunkAnswer:
     chunk: UploadChunk
-    table: pd.DataFrame  # the raw (text) CSV answer
+    table: pd.DataFrame  # the raw (text) CSV answer, checked
+    source_rows: np.ndarray  # each row's position in the caller's DataFrame
+
+
+class _RetryableAttemptError(Exception):
+    """One attempt failed in a way a new attempt may fix."""
+
+    def __init__(self, failure: str, retry_after: float | None = None) -> None:
+        super().__init__(failure)
+        self.failure = failure
+        self.retry_after = retry_after
 
 
 class CdsXmatchClient:
@@ -222,35 +243,18 @@ class CdsXmatchClient:
         attempt = 0
         while True:
             attempt += 1
-            remaining = deadline - self._clock()
-            timeout = (
-                min(settings.connect_timeout_seconds, remaining),
-                min(settings.read_timeout_seconds, remaining),
-            )
-            retry_after: float | None = None
             try:
-                response = session.post(
-                    settings.url,
-                    data=fields,
-                    files={"cat1": ("positions.csv", chunk.body, "text/csv")},
-                    timeout=timeout,
+                return self._attempt(
+                    session,
+                    chunk,
+                    catalog,
+                    fields=fields,
+                    deadline=deadline,
+                    where=where,
+                    attempt=attempt,
                 )
-                body = response.content
-            except _RETRYABLE_TRANSPORT_ERRORS as error:
-                failure = f"{type(error).__name__}: {error}"
-            except requests.RequestException as error:
-                raise CdsXmatchError(
-                    f"{where}: the request could not be sent ({type(error).__name__}: {error}); "
-                    "check the URL (--cds-url / CdsClientSettings.url)"
-                ) from error
-            else:
-                try:
-                    table = _interpret(response.status_code, body, where, attempt)
-                except RetryableResponseError as error:
-                    failure = f"HTTP {response.status_code}: {error}"
-                    retry_after = _retry_after_seconds(response.headers)
-                else:
-                    return _ChunkAnswer(chunk, table)
+            except _RetryableAttemptError as failed:
+                failure, retry_after = failed.failure, failed.retry_after
             elapsed = self._clock() - started
             if attempt >= settings.max_attempts:
                 raise CdsUnavailableError(
@@ -263,13 +267,82 @@ class CdsXmatchClient:
                 raise CdsUnavailableError(
                     f"{where}: gave up after {attempt} attempts in {elapsed:.1f} s (deadline "
                     f"{settings.deadline_seconds:g} s per chunk); last failure: {failure}. CDS "
-                    "may be overloaded or down: try again later, raise the deadline, or use "
+                    "may be overloaded or down: try again later, raise the deadline "
+                    "(XMATCH_CDS_DEADLINE), or use "
                     "the local engine (--engine local)"
                 )
             _LOG.warning(
                 "%s: attempt %d failed (%s); retrying in %.2f s", where, attempt, failure, delay
             )
             self._sleep(delay)
+
+    def _attempt(
+        self,
+        session: requests.Session,
+        chunk: UploadChunk,
+        catalog: CatalogSpec,
+        *,
+        fields: dict[str, str],
+        deadline: float,
+        where: str,
+        attempt: int,
+    ) -> _ChunkAnswer:
+        """One request and its whole answer, within the deadline; ``_RetryableAttemptError`` if a
+        new attempt may succeed, a ``CdsXmatchError`` if none can."""
+        settings = self.settings
+        remaining = max(deadline - self._clock(), 0.001)
+        timeout = (
+            min(settings.connect_timeout_seconds, remaining),
+            min(settings.read_timeout_seconds, remaining),
+        )
+        try:
+            response = session.post(
+                settings.url,
+                data=fields,
+                files={"cat1": ("positions.csv", chunk.body, "text/csv")},
+                timeout=timeout,
+                stream=True,
+            )
+        except _RETRYABLE_TRANSPORT_ERRORS as error:
+            raise _RetryableAttemptError(f"{type(error).__name__}: {error}") from error
+        except requests.RequestException as error:
+            raise CdsXmatchError(
+                f"{where}: the request could not be sent ({type(error).__name__}: {error}); "
+                "check the URL (--cds-url / CdsClientSettings.url)"
+            ) from error
+        with response:
+            body = self._read_body(response, deadline)
+        try:
+            table = _interpret(response.status_code, body, where, attempt)
+        except RetryableResponseError as error:
+            raise _RetryableAttemptError(
+                f"HTTP {response.status_code}: {error}", _retry_after_seconds(response.headers)
+            ) from error
+        return _ChunkAnswer(chunk, table, checked_source_rows(table, chunk, catalog, where))
+
+    def _read_body(self, response: requests.Response, deadline: float) -> bytes:
+        """The whole body, read as it arrives; cut (``_RetryableAttemptError``) once the deadline
+        passes, so a body trickling in cannot hold the chunk beyond it."""
+        started = self._clock()
+        pieces: list[bytes] = []
+        received = 0
+        while True:
+            if self._clock() >= deadline:
+                raise _RetryableAttemptError(
+                    f"HTTP {response.status_code}: the answer was still arriving when the "
+                    f"chunk's deadline passed ({received} bytes in "
+                    f"{self._clock() - started:.1f} s)"
+                )
+            try:
+                piece = response.raw.read1(_READ_BYTES)
+            except urllib3.exceptions.HTTPError as error:
+                raise _RetryableAttemptError(
+                    f"{type(error).__name__} after {received} bytes of the answer: {error}"
+                ) from error
+            if not piece:
+                return b"".join(pieces)
+            pieces.append(piece)
+            received += len(piece)
 
     def _backoff_seconds(self, attempt: int, retry_after: float | None) -> float:
         """Exponential backoff with jitter (half fixed, half random), at least Retry-After."""
@@ -348,7 +421,7 @@ def _matches_from_answers(
     source_rows: list[np.ndarray] = []
     tables: list[pd.DataFrame] = []
     for answer in answers:
-        source_rows.append(_source_rows(answer, url))
+        source_rows.append(answer.source_rows)
         tables.append(answer.table)
     if tables:
         raw = pd.concat(tables, ignore_index=True)
@@ -366,31 +439,6 @@ def _matches_from_answers(
     matches = pd.concat([ids.rename("id"), typed.reset_index(drop=True)], axis=1)
     order = np.lexsort((typed[ANGULAR_DISTANCE_COLUMN].to_numpy(), rows))
     return matches.iloc[order].reset_index(drop=True)
-
-
-def _source_rows(answer: _ChunkAnswer, url: str) -> np.ndarray:
-    """Each answer row's position in the caller's DataFrame, checked against its ``id_in``."""
-    table, chunk = answer.table, answer.chunk
-    where = f"CDS XMatch at {url}, chunk {chunk.number + 1}"
-    if UPLOAD_INDEX_COLUMN not in table.columns:
-        raise CdsResponseError(f"{where}: the answer has no {UPLOAD_INDEX_COLUMN} column")
-    try:
-        upload_rows = np.array([int(text) for text in table[UPLOAD_INDEX_COLUMN]], dtype=np.int64)
-    except (TypeError, ValueError) as error:
-        raise CdsResponseError(f"{where}: {UPLOAD_INDEX_COLUMN} is not an integer") from error
-    if len(upload_rows) and (upload_rows.min() < 0 or upload_rows.max() >= chunk.row_count):
-        raise CdsResponseError(
-            f"{where}: {UPLOAD_INDEX_COLUMN} points outside the {chunk.row_count} uploaded rows"
-        )
-    if UPLOAD_ID_COLUMN in table.columns:
-        echoed = table[UPLOAD_ID_COLUMN].tolist()
-        for upload_row, echoed_id in zip(upload_rows.tolist(), echoed, strict=True):
-            if echoed_id != chunk.id_texts[upload_row]:
-                raise CdsResponseError(
-                    f"{where}: row {upload_row} came back with id {echoed_id!r}, uploaded as "
-                    f"{chunk.id_texts[upload_row]!r}; the answer does not match the upload"
-                )
-    return np.asarray(chunk.source_rows[upload_rows], dtype=np.int64)
 
 
 def _catalog_columns(raw: pd.DataFrame, catalog: CatalogSpec, url: str) -> list[str]:

@@ -6,7 +6,10 @@ stable per input partition (:func:`transactional_id_for`), so a restarted run's
 ``init_transactions`` fences its dead predecessor and aborts whatever it left open.
 
 Errors follow librdkafka's transactional contract: a retriable error retries the same
-call a bounded number of times; an error that requires abort aborts the transaction and
+call a bounded number of times, all attempts of one step sharing that step's time budget
+(librdkafka's own request timeout, ``socket.timeout.ms``, is set to the same budget: left
+at its 60 s default it outlasted the step's timeout, and a commit against a stopped broker
+blocked for three times 60 s); an error that requires abort aborts the transaction and
 raises :class:`TransactionAbortedError` (the batch may simply run again); a fatal error
 (fenced, or the producer unusable) raises :class:`ProducerFencedError` or
 :class:`PublisherFatalError` and the publisher must be discarded.
@@ -51,6 +54,9 @@ _UNSAFE_ID_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
 #: librdkafka only reports to ``error_cb``, between calls) fail the run within seconds.
 _INIT_SLICE_SECONDS = 2.0
 
+#: The least time a call is given, so that a spent budget still makes one real attempt.
+_MIN_CALL_SECONDS = 0.1
+
 
 class TransactionalPublisherError(KafkaOperationError):
     """A transactional publish failed."""
@@ -74,7 +80,8 @@ class PublisherFatalError(TransactionalPublisherError):
 
 @dataclass(frozen=True)
 class TransactionTimeouts:
-    """How long each transactional step may block, and how often a retriable one retries.
+    """How long each transactional step may block, all its retries included, and how often
+    a retriable one retries.
 
     ``transaction_timeout_ms`` bounds how long the broker keeps a dead producer's
     transaction open (it then aborts it, unblocking ``read_committed`` readers).
@@ -106,6 +113,10 @@ def backfill_transactional_id(offset_range: OffsetRange) -> str:
     return BACKFILL_TRANSACTIONAL_ID_PREFIX + _safe_id(
         f"{offset_range.topic}-{offset_range.partition}-{offset_range.start}-{offset_range.end}"
     )
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(int(seconds * 1000), 10)
 
 
 def _safe_id(raw: str) -> str:
@@ -155,6 +166,10 @@ class TransactionalPublisher(ClosedOnExit):
                         "message.max.bytes": max_message_bytes,
                         "transaction.timeout.ms": self.timeouts.transaction_timeout_ms,
                         "message.timeout.ms": self.timeouts.transaction_timeout_ms,
+                        # No request may outlast the step that waits for it.
+                        "socket.timeout.ms": _milliseconds(
+                            min(self.timeouts.init_seconds, self.timeouts.operation_seconds)
+                        ),
                     }
                 ),
             }
@@ -169,14 +184,15 @@ class TransactionalPublisher(ClosedOnExit):
         self._retrying(
             "init_transactions",
             self._init_transactions,
+            self.timeouts.init_seconds,
             abort_on_abortable=False,
         )
         self._initialized = True
 
-    def _init_transactions(self) -> None:
-        """``init_transactions`` within ``init_seconds``, called in slices: a timed-out call
+    def _init_transactions(self, seconds: float) -> None:
+        """``init_transactions`` within ``seconds``, called in slices: a timed-out call
         resumes where it stopped, and between slices a refused login ends the wait."""
-        deadline = time.monotonic() + self.timeouts.init_seconds
+        deadline = time.monotonic() + seconds
         while True:
             remaining = deadline - time.monotonic()
             try:
@@ -287,9 +303,10 @@ class TransactionalPublisher(ClosedOnExit):
         ]
         self._retrying(
             "send_offsets_to_transaction",
-            lambda: self._producer.send_offsets_to_transaction(
-                offsets, group_metadata, self.timeouts.operation_seconds
+            lambda seconds: self._producer.send_offsets_to_transaction(
+                offsets, group_metadata, seconds
             ),
+            self.timeouts.operation_seconds,
             committing=(group_id, ", ".join(sorted({topic for topic, _ in next_offsets}))),
         )
         self._commit()
@@ -305,7 +322,8 @@ class TransactionalPublisher(ClosedOnExit):
             return
         self._retrying(
             "abort_transaction",
-            lambda: self._producer.abort_transaction(self.timeouts.operation_seconds),
+            self._producer.abort_transaction,
+            self.timeouts.operation_seconds,
             abort_on_abortable=False,
         )
         self._in_transaction = False
@@ -329,7 +347,8 @@ class TransactionalPublisher(ClosedOnExit):
     def _commit(self) -> None:
         self._retrying(
             "commit_transaction",
-            lambda: self._producer.commit_transaction(self.timeouts.operation_seconds),
+            self._producer.commit_transaction,
+            self.timeouts.operation_seconds,
         )
         self._in_transaction = False
 
@@ -342,21 +361,28 @@ class TransactionalPublisher(ClosedOnExit):
     def _retrying(
         self,
         what: str,
-        call: Callable[[], _T],
+        call: Callable[[float], _T],
+        budget_seconds: float,
         *,
         abort_on_abortable: bool = True,
         committing: tuple[str, str] | None = None,
     ) -> _T:
-        """``committing`` is ``(group, topics)`` when the call commits offsets: what a
-        refused READ is named after."""
+        """``call(timeout)``, retried while retriable, every attempt within one budget.
+
+        ``committing`` is ``(group, topics)`` when the call commits offsets: what a refused
+        READ is named after."""
         attempts = self.timeouts.retry_attempts
+        started = time.monotonic()
+        deadline = started + budget_seconds
         for attempt in range(1, attempts + 1):
             try:
-                return call()
+                return call(max(deadline - time.monotonic(), _MIN_CALL_SECONDS))
             except KafkaException as exception:
                 error: KafkaError = exception.args[0]
                 self._raise_if_refused(exception, error, committing)
-                if error.retriable() and not error.fatal() and attempt < attempts:
+                backoff = self.timeouts.retry_backoff_seconds * 2 ** (attempt - 1)
+                time_left = deadline - time.monotonic() - backoff > _MIN_CALL_SECONDS
+                if error.retriable() and not error.fatal() and attempt < attempts and time_left:
                     logger.warning(
                         "%s %s: %s (attempt %d of %d), retrying",
                         self.transactional_id,
@@ -365,7 +391,7 @@ class TransactionalPublisher(ClosedOnExit):
                         attempt,
                         attempts,
                     )
-                    time.sleep(self.timeouts.retry_backoff_seconds * 2 ** (attempt - 1))
+                    time.sleep(backoff)
                     continue
                 if abort_on_abortable and error.txn_requires_abort():
                     self._abort_quietly()
@@ -374,7 +400,11 @@ class TransactionalPublisher(ClosedOnExit):
                         f"{error.str()}){self._delivery_summary()}; the transaction was "
                         "aborted, nothing of it is visible: run the batch again"
                     ) from exception
-                raise self._typed(what, error) from exception
+                spent = (
+                    f"{attempt} attempt{'s' if attempt > 1 else ''} in "
+                    f"{time.monotonic() - started:.1f} s (budget {budget_seconds:g} s)"
+                )
+                raise self._typed(what, error, spent) from exception
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _raise_if_refused_login(self, exception: KafkaException) -> None:
@@ -415,7 +445,9 @@ class TransactionalPublisher(ClosedOnExit):
             self._config, error, operation=operation, resource=resource, name=name
         ) from exception
 
-    def _typed(self, what: str, error: KafkaError) -> TransactionalPublisherError:
+    def _typed(
+        self, what: str, error: KafkaError, spent: str = "one attempt"
+    ) -> TransactionalPublisherError:
         detail = f"{self.transactional_id}: {what} failed: {error.name()} ({error.str()})"
         if error.code() in _FENCED_CODES:
             self._in_transaction = False
@@ -428,8 +460,7 @@ class TransactionalPublisher(ClosedOnExit):
             return PublisherFatalError(f"{detail}; the producer is unusable: start a new run")
         if error.retriable():
             return TransactionalPublisherError(
-                f"{detail} after {self.timeouts.retry_attempts} attempts; check the broker "
-                "and run the batch again"
+                f"{detail} after {spent}; check the broker and run the batch again"
             )
         return TransactionalPublisherError(detail)
 

@@ -1,9 +1,10 @@
 """The sensor's read-only view of Kafka: partitions, committed offsets and watermarks.
 
-It uses only admin requests (metadata, ListOffsets, OffsetFetch): it never consumes a
-message and never joins the consumer group, so a sensor tick cannot disturb a run. Every
-call of one :meth:`KafkaOffsetsReader.lags` shares one deadline of ``timeout_seconds``, so
-an unreachable broker fails the tick within seconds instead of stalling the daemon.
+It uses only metadata, ListOffsets and OffsetFetch requests (the last through a consumer
+handle that never subscribes): it never consumes a message and never joins the group, so
+a sensor tick cannot disturb a run. Every call of one :meth:`KafkaOffsetsReader.lags`
+shares one deadline of ``timeout_seconds``, so an unreachable broker fails the tick within
+seconds instead of stalling the daemon.
 
 A partition the group has never committed (librdkafka reports offset -1001) starts at its
 low watermark, the earliest offset still kept: the original step also began new groups at
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from confluent_kafka import (
-    ConsumerGroupTopicPartitions,
+    Consumer,
     IsolationLevel,
     KafkaError,
     KafkaException,
@@ -144,6 +145,22 @@ class KafkaOffsetsReader:
         }
         # The stub types values as plain settings; librdkafka takes the error_cb callable too.
         self._admin = AdminClient(client_settings)  # type: ignore[arg-type]
+        # Committed offsets are fetched by a consumer handle (see committed_offsets), which
+        # hears refused logins through the same error_cb.
+        self._offset_fetch_config: dict[str, object] = {
+            "error_cb": self._security,
+            **client_config.as_dict(
+                {
+                    "client.id": "xmatch-offsets-reader",
+                    "group.id": group_id,
+                    "enable.auto.commit": False,
+                    # Committed offsets as a transactional commit leaves them (require_stable).
+                    "isolation.level": "read_committed",
+                    "socket.timeout.ms": timeout_ms,
+                    "socket.connection.setup.timeout.ms": timeout_ms,
+                }
+            ),
+        }
 
     def list_topics(self, deadline: _Deadline | None = None) -> dict[str, int]:
         """Every non-internal topic with its number of partitions."""
@@ -194,16 +211,21 @@ class KafkaOffsetsReader:
         if not partitions:
             return {}
         deadline = deadline or _Deadline(self.timeout_seconds)
-        request = ConsumerGroupTopicPartitions(
-            self.group_id, [TopicPartition(topic, partition) for topic, partition in partitions]
-        )
+        wanted = [TopicPartition(topic, partition) for topic, partition in partitions]
 
-        def fetch() -> ConsumerGroupTopicPartitions:
-            futures = self._admin.list_consumer_group_offsets(
-                [request], require_stable=True, request_timeout=_at_least(deadline)
-            )
-            answer: ConsumerGroupTopicPartitions = _result(futures[self.group_id], deadline)
-            for entry in answer.topic_partitions or []:
+        def fetch() -> list[TopicPartition]:
+            # A consumer handle that never subscribes (so never joins the group) and asks
+            # the group's coordinator itself. The admin client's ListConsumerGroupOffsets
+            # crashed the process (librdkafka 2.16, rd_kafka_cgrp_op on a handle without a
+            # group) when the coordinator answered "load in progress" after a restart.
+            consumer = Consumer(self._offset_fetch_config)
+            try:
+                answer: list[TopicPartition] = consumer.committed(
+                    wanted, timeout=_at_least(deadline)
+                )
+            finally:
+                consumer.close()
+            for entry in answer:
                 # Just after a transaction commits offsets the broker answers "unstable" per
                 # partition until its markers land: retry it like a request-level error.
                 if entry.error is not None and entry.error.code() in _RETRIABLE_CODES:
@@ -217,7 +239,7 @@ class KafkaOffsetsReader:
             needs=("group", self.group_id),
         )
         offsets: dict[PartitionId, int | None] = {}
-        for entry in answer.topic_partitions or []:
+        for entry in answer:
             if entry.error is not None:
                 if entry.error.code() in AUTHORIZATION_CODES:
                     raise authorization_failure(
