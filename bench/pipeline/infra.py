@@ -58,10 +58,15 @@ def _admin(devstack: DevstackSettings) -> AdminClient:
     return AdminClient({"bootstrap.servers": devstack.kafka_bootstrap_servers})
 
 
-def create_topic(devstack: DevstackSettings, name: str, partitions: int = 1) -> str:
+def create_topic(
+    devstack: DevstackSettings,
+    name: str,
+    partitions: int = 1,
+    config: dict[str, str] | None = None,
+) -> str:
     admin = _admin(devstack)  # kept alive until the futures complete
     futures = admin.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=1)],
+        [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})],
         request_timeout=ADMIN_TIMEOUT_SECONDS,
     )
     futures[name].result(timeout=ADMIN_TIMEOUT_SECONDS)
@@ -83,8 +88,13 @@ def delete_topics(devstack: DevstackSettings, names: Iterable[str]) -> None:
 
 
 @contextmanager
-def fresh_topic(devstack: DevstackSettings, prefix: str, partitions: int = 1) -> Iterator[str]:
-    name = create_topic(devstack, unique_name(prefix), partitions)
+def fresh_topic(
+    devstack: DevstackSettings,
+    prefix: str,
+    partitions: int = 1,
+    config: dict[str, str] | None = None,
+) -> Iterator[str]:
+    name = create_topic(devstack, unique_name(prefix), partitions, config)
     try:
         yield name
     finally:
