@@ -59,7 +59,7 @@ FULL = Plan(
     naive_sizes=(1_000, 5_000, 50_000), naive_repeats_large=1, runner_sizes=(1_000, 5_000),
     cold_sizes=(1_000, 5_000), scaling_size=5_000,
     scaling_repeats=2, latency_seconds=300, latency_rate=300, latency_partitions=2,
-    variant_seconds=120, profile_size=5_000, memory_sizes=(5_000, 20_000, 50_000),
+    variant_seconds=0, profile_size=5_000, memory_sizes=(5_000, 20_000, 50_000),
     memory_repeats=2,
 )  # fmt: skip
 QUICK = Plan(
@@ -246,6 +246,8 @@ def main() -> None:
             ("latency", plan.latency_seconds, None),
             ("latency_variant", plan.variant_seconds, QUEUE_VARIANT),
         ):
+            if not seconds:
+                continue
             _log(name)
             latency = measure_latency(
                 devstack, index_dir, rate=plan.latency_rate, duration=seconds,
