@@ -95,6 +95,7 @@ def own_kafka(devstack: DevstackSettings) -> Iterator[OwnService]:
             devstack_dir=folder,
             kafka_port=free_port(),
             kafka_controller_port=free_port(),
+            kafka_sasl_port=free_port(),  # every listener apart from the shared devstack's
         )
         # The devstack's jars, already fetched: no second Maven download.
         paths = KafkaPaths(folder)
