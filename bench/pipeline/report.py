@@ -24,7 +24,8 @@ PLOT_STYLE = {
 }
 THROUGHPUT_TARGET_OF_LIMIT = 0.6
 THROUGHPUT_TARGET_OVER_NAIVE = 5.0
-LATENCY_TARGET_SECONDS = 30.0
+LATENCY_TARGET_SECONDS = 10.0  # p99 (issue 8); p50 target below
+LATENCY_P50_TARGET_SECONDS = 5.0
 MEMORY_TARGET_RATIO = 1.5
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 #: Sections that benchmarks run on their own write as Markdown beside their raw results; the
@@ -313,10 +314,13 @@ def _latency_section(results: dict[str, Any]) -> list[str]:
     latency = results.get("latency")
     if not latency:
         return ["(not measured in this run)"]
-    p99 = latency["p99"]
+    p99, p50 = latency["p99"], latency["p50"]
     verdict = "met" if p99 <= LATENCY_TARGET_SECONDS else (
-        f"MISSED by {p99 - LATENCY_TARGET_SECONDS:.0f} s"
+        f"MISSED by {p99 - LATENCY_TARGET_SECONDS:.1f} s"
     )  # fmt: skip
+    verdict += "; p50 " + ("met" if p50 <= LATENCY_P50_TARGET_SECONDS else (
+        f"MISSED by {p50 - LATENCY_P50_TARGET_SECONDS:.1f} s"
+    ))  # fmt: skip
     lines = [
         f"A producer at {latency['rate']:g} alerts/s (achieved {latency['achieved_rate']:.1f}), "
         f"round-robin over {latency['partitions']} input partitions; `dagster-daemon run` on "
@@ -340,7 +344,10 @@ def _latency_section(results: dict[str, Any]) -> list[str]:
     variant = results.get("latency_variant")
     if variant:
         lines.append(_latency_row("same settings, second sample", variant))
-    lines += ["", f"p99 with the project's settings {p99:.1f} s (target ≤ 30 s): **{verdict}**."]
+    lines += [
+        "",
+        f"p99 with the project's settings {p99:.1f} s (target ≤ 10 s; p50 ≤ 5 s): **{verdict}**.",
+    ]
     if variant:
         lines.append(f"Second sample: p99 {variant['p99']:.1f} s.")
     return lines
@@ -367,11 +374,12 @@ def _summary(results: dict[str, Any]) -> list[str]:
     if latency:
         lines.append(
             f"- Latency at {latency['rate']:g} alerts/s: p50 {latency['p50']:.0f} s, p95 "
-            f"{latency['p95']:.0f} s, p99 {latency['p99']:.0f} s (target 30 s: "
-            f"{'met' if latency['p99'] <= 30 else 'missed'}); a run waits "
-            f"{latency.get('queued_to_started', float('nan')):.0f} s (median) from queued to "
-            f"started and works {latency.get('started_to_finished', float('nan')):.0f} s: the "
-            "launch of a process per run dominates (section 2)."
+            f"{latency['p95']:.0f} s, p99 {latency['p99']:.1f} s (targets p50 5 s, p99 10 s: "
+            f"{'met' if latency['p99'] <= LATENCY_TARGET_SECONDS else 'missed'}); runs execute "
+            "in a warm `xmatch-pipeline worker`; a run waits "
+            f"{latency.get('queued_to_started', float('nan')):.1f} s (median) from queued to "
+            f"started and works {latency.get('started_to_finished', float('nan')):.1f} s; the "
+            "sensor's 5 s interval sets the rest (section 2)."
         )
     memory = results.get("memory", [])
     sizes = sorted({run["size"] for run in memory})

@@ -20,15 +20,19 @@ METHOD_NOTES = [
     "- Every measurement runs in a fresh process with its own new database (created on "
     "the devstack's PostgreSQL, tables created beforehand, dropped afterwards), consumer "
     "group and output topic (deleted afterwards). The clock starts after the imports (a "
-    "deployment pays them once per process; the latency benchmark includes them in every "
-    "run) and stops when the offsets are committed; building clients, opening the catalog "
-    "(cold) are inside it; the child creates the tables of the code it runs just before.",
+    "run worker pays them once per process) and stops when the offsets are committed. "
+    "**pipeline** and **runner alone** run in a warm process, as a run worker's pool process "
+    "runs them: a 1,000-alert backfill went through the same services first, outside the "
+    "clock (`bench/pipeline/child.py`); **first run of a fresh process** is the job with "
+    "its clients built and its catalog opened inside the clock, as with a process per run; "
+    "the child creates the tables of the code it runs just before.",
     "- **pipeline**: `xmatch_microbatch.execute_in_process(run_config, resources="
     "{'xmatch': XmatchResource(), 'io_manager': mem_io_manager})` — the three ops "
     "(check the range and lag, the micro-batch, metrics/materializations), settings from "
     "the environment, local engine, output in double precision.",
     "- **runner alone**: `PipelineServices(load_settings(env)).runner().run(range, "
-    "mode='live')` — the same work without Dagster, to show Dagster's fixed cost.",
+    "mode='live')` — the same work without Dagster, to show Dagster's fixed cost in a warm "
+    "process.",
     "- **limit (pass-through)**: `KafkaRangeReader` reads the range in chunks of 2,000 and "
     "a `TransactionalPublisher` (same producer settings as the pipeline: idempotent, zstd, "
     "linger 20 ms) produces the same bytes and commits them with the offsets. Nothing else.",
@@ -99,11 +103,10 @@ def analysis(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"- Latency: a run's own work takes {latency['started_to_finished']:.1f} s "
             f"(median) but it waits {latency['queued_to_started']:.1f} s between being queued "
-            "and starting: the daemon picks queued runs up every second, "
-            "and each run is a new process (`dagster api execute_run`) that imports Dagster, "
-            "pandas, pyarrow, scipy… before it starts (~5 s of imports alone at this load). "
-            "A partition gets its next run only when its previous one has finished, and the "
-            "sensor ticks every 5 s, so an alert waits for up to one tick, the launch, and "
-            "the run that takes it."
+            "and starting (a pipelined successor waits for its predecessor by design): the "
+            "daemon's queue loop picks queued runs up every second at best, then the launch "
+            "goes through Redis to a warm pool process of `xmatch-pipeline worker` (no process "
+            "start, no imports). The sensor ticks every 5 s at most, so an alert waits for up "
+            "to one tick, the queue, the launch, and the run that takes it."
         )
     return lines
