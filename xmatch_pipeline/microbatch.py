@@ -219,6 +219,7 @@ class MicrobatchRunner:
         *,
         stage_hook: StageHook | None = None,
         readers: KafkaReaderPool | None = None,
+        group_offsets: KafkaOffsetsReader | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -227,6 +228,13 @@ class MicrobatchRunner:
         # each run's reader is closed when the run ends.
         self._readers = readers or KafkaReaderPool(
             config.kafka, stall_timeout_seconds=config.stall_timeout_seconds, keep_idle=False
+        )
+        # The group's offsets (the start check) and the topics' limits, asked through a
+        # long-lived process's kept reader; by default through clients of this runner's own.
+        self._group_offsets = group_offsets or KafkaOffsetsReader(
+            config.kafka,
+            config.consumer_group_id,
+            timeout_seconds=config.kafka_request_timeout_seconds,
         )
         self.ledger = RangeLedger(database, config.consumer_group_id)
         self._match_cache = StoredMatchCache(database) if config.use_match_cache else None
@@ -288,11 +296,7 @@ class MicrobatchRunner:
         """A live run commits the group to the range's end, so it must start where the
         group is; a group offset that cannot be read refuses the run (a system fault)."""
         config = self.config
-        offsets = KafkaOffsetsReader(
-            config.kafka,
-            config.consumer_group_id,
-            timeout_seconds=config.kafka_request_timeout_seconds,
-        )
+        offsets = self._group_offsets
         key = (offset_range.topic, offset_range.partition)
         try:
             committed = offsets.committed_offsets([key]).get(key)
@@ -355,6 +359,7 @@ class MicrobatchRunner:
                     config.output_topic,
                     config.dead_letter_topic,
                     timeout_seconds=config.kafka_request_timeout_seconds,
+                    admin=self._group_offsets.admin,
                 )
                 publisher = self._publisher(run.offset_range, run.mode, run.limits)
             reader.check_readable(run.offset_range)

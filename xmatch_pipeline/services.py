@@ -3,11 +3,11 @@
 The Dagster resources, the CLI and the tests all go through here, so a setting means the
 same thing everywhere. One process keeps one ``PipelineServices`` per settings for its
 whole life (``warm_services``): the database pool, the CDS sessions, the local index's
-partition cache, the offsets reader, the metrics producer and idle range readers are
-reused by every run. What belongs to a run is built per run (the runner, its
-transactional producer, its partition lock) and nothing the kept clients hold is run
-state: connections go back to the pool at the end of every ``with`` block, a reader goes
-back only after a clean run.
+partition cache, the offsets readers (the sensor's, and the runs' for their start check
+and the topics' limits), the metrics producer and idle range readers are reused by every
+run. What belongs to a run is built per run (the runner, its transactional producer, its
+partition lock) and nothing the kept clients hold is run state: connections go back to
+the pool at the end of every ``with`` block, a reader goes back only after a clean run.
 """
 
 from __future__ import annotations
@@ -203,6 +203,17 @@ class PipelineServices:
             self.crossmatch_engine,
             self.database,
             readers=self.range_readers,
+            group_offsets=self.run_offsets_reader,
+        )
+
+    @cached_property
+    def run_offsets_reader(self) -> KafkaOffsetsReader:
+        """The runs' own reader of the group's offset and the topics' limits (their start
+        check), kept: it holds no run state; with the runs' request timeout."""
+        return KafkaOffsetsReader(
+            self.kafka,
+            self.settings.consumer_group_id,
+            timeout_seconds=MicrobatchConfig.kafka_request_timeout_seconds,
         )
 
     def input_topics(self, now: datetime | None = None) -> list[str]:
@@ -261,6 +272,9 @@ class PipelineServices:
         built = self.__dict__
         if "range_readers" in built:
             self.range_readers.close()
+        for reader in ("offsets_reader", "run_offsets_reader"):
+            if reader in built:
+                built[reader].close()
         producer = built.get("metrics_producer")
         if producer is not None:
             producer.flush(METRICS_DELIVERY_TIMEOUT_SECONDS)

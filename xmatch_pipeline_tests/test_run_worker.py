@@ -67,7 +67,9 @@ def test_dagster_yaml_launches_runs_on_celery_and_keeps_the_queue_limits():
     assert launcher["class"] == "XmatchCeleryRunLauncher"
     assert launcher["config"]["broker"] == {"env": "CELERY_BROKER_URL"}
     assert launcher["config"]["backend"] == {"env": "CELERY_RESULT_BACKEND"}
-    assert settings["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    # Dagster's queue, dequeued more often than once a second (run_coordinator.py).
+    assert settings["run_coordinator"]["class"] == "XmatchQueuedRunCoordinator"
+    assert settings["run_coordinator"]["config"]["dequeue_interval_seconds"] < 1
     # A broker outage puts runs back in the queue instead of failing them.
     assert settings["run_coordinator"]["config"]["max_user_code_failure_retries"] > 0
     limits = settings["concurrency"]["runs"]["tag_concurrency_limits"]

@@ -13,7 +13,10 @@ pool processes (no process start and no imports per run).
    this, not the pool process busy with the run, so a long run is never mistaken for a dead
    one. Run monitoring asks once per ``run_monitoring.poll_interval_seconds``, so a dead
    worker is detected within that interval plus ``2 * WORKER_REPLY_TIMEOUT_SECONDS``.
-2. **A broker outage is not the run's fault.** Before sending a run, the broker and the
+2. **One write less per launch.** dagster-celery's launch writes two engine events to
+   Dagster's storage before the task is sent; this one writes one, after (the launch is on
+   every run's queued → started path).
+3. **A broker outage is not the run's fault.** Before sending a run, the broker and the
    result backend are asked once, briefly, whether they answer (Celery's own publish would
    retry for ~20 s, and a backend that stays down leaves its result consumer needing a
    restart). When they do not, the error is raised as Dagster's "user code unreachable",
@@ -30,10 +33,15 @@ from __future__ import annotations
 from typing import Any
 
 from dagster import DagsterRun
+from dagster import _check as check
 from dagster._core.errors import DagsterUserCodeUnreachableError
+from dagster._core.events import EngineEventData
 from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, WorkerStatus
-from dagster_celery.launcher import CeleryRunLauncher
-from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
+from dagster._grpc.types import ExecuteRunArgs
+from dagster._serdes import pack_value
+from dagster_celery.config import TASK_EXECUTE_JOB_NAME
+from dagster_celery.launcher import CeleryRunLauncher, _get_run_priority
+from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG, DAGSTER_CELERY_TASK_ID_TAG
 
 #: How long a worker has to answer "do you hold this task?" (answers take milliseconds).
 WORKER_REPLY_TIMEOUT_SECONDS = 2.0
@@ -51,18 +59,53 @@ def _broker_errors() -> tuple[type[BaseException], ...]:
 
 
 class XmatchCeleryRunLauncher(CeleryRunLauncher):
-    """``CeleryRunLauncher`` that fails runs whose worker died and requeues runs while the
-    broker is down (configured exactly as ``CeleryRunLauncher`` in dagster.yaml)."""
+    """``CeleryRunLauncher`` that fails runs whose worker died, requeues runs while the
+    broker is down, and connects ahead of the first launch (configured exactly as
+    ``CeleryRunLauncher`` in dagster.yaml)."""
+
+    def warm_up(self) -> None:
+        """Build the Celery app and connect to the broker and the result backend ahead of
+        the first launch (run_coordinator.py calls it when the daemon starts)."""
+        self._check_broker_answers()
 
     def launch_run(self, context: LaunchRunContext) -> None:
         try:
             self._check_broker_answers()
-            super().launch_run(context)
+            self._send_run(context.dagster_run)
         except _broker_errors() as error:
             raise DagsterUserCodeUnreachableError(
                 f"the Celery broker ({self._broker_address()}) is unreachable: {error}. The run "
                 "stays queued and is launched when the broker answers again; check Redis."
             ) from error
+
+    def _send_run(self, run: DagsterRun) -> None:
+        """dagster-celery's launch (same task, arguments, queue, priority and task-id tag),
+        with one event written to Dagster's storage instead of two: the launch is on every
+        run's queued → started path, and each write is a round trip to PostgreSQL."""
+        args = ExecuteRunArgs(
+            job_origin=check.not_none(run.job_code_origin),
+            run_id=run.run_id,
+            instance_ref=self._instance.get_ref(),
+            set_exit_code_on_failure=True,
+        )
+        queue = run.tags.get(DAGSTER_CELERY_QUEUE_TAG, self.default_queue)
+        # By name: the daemon needs no task object (dagster-celery registers one per launch).
+        result = self.celery.send_task(
+            TASK_EXECUTE_JOB_NAME,
+            kwargs={"execute_job_args_packed": pack_value(args)},
+            priority=_get_run_priority(run),
+            queue=queue,
+            routing_key=f"{queue}.{TASK_EXECUTE_JOB_NAME}",
+        )
+        self._instance.add_run_tags(run.run_id, {DAGSTER_CELERY_TASK_ID_TAG: result.task_id})
+        self._instance.report_engine_event(
+            "Celery task has been forwarded to the broker.",
+            run,
+            EngineEventData(
+                {"Run ID": run.run_id, "Celery Task ID": result.task_id, "Celery Queue": queue}
+            ),
+            cls=self.__class__,
+        )
 
     def _check_broker_answers(self) -> None:
         """Raise a broker error at once when the broker or the result backend is down."""

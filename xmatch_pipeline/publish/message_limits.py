@@ -76,6 +76,7 @@ def read_message_limits(
     dead_letter_topic: str,
     *,
     timeout_seconds: float = 10.0,
+    admin: AdminClient | None = None,
 ) -> MessageLimits:
     """The topics' ``max.message.bytes`` from the broker.
 
@@ -85,7 +86,8 @@ def read_message_limits(
     a smaller real limit then fails the run as before, a larger one only dead-letters
     messages that would have fit.
     """
-    admin = AdminClient(client_config.as_dict({"client.id": "xmatch-message-limits"}))
+    if admin is None:  # a long-lived process passes its kept one (no connection per run)
+        admin = AdminClient(client_config.as_dict({"client.id": "xmatch-message-limits"}))
     try:
         topics = _topic_limits(admin, [output_topic, dead_letter_topic], timeout_seconds)
         missing = [topic for topic in (output_topic, dead_letter_topic) if topic not in topics]

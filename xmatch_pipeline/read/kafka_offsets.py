@@ -16,6 +16,7 @@ reaches into an upstream transaction that is still open.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
@@ -146,7 +147,11 @@ class KafkaOffsetsReader:
         # The stub types values as plain settings; librdkafka takes the error_cb callable too.
         self._admin = AdminClient(client_settings)  # type: ignore[arg-type]
         # Committed offsets are fetched by a consumer handle (see committed_offsets), which
-        # hears refused logins through the same error_cb.
+        # hears refused logins through the same error_cb. It is made on first use and kept:
+        # it holds no state of its own (it never subscribes), and a new one per call cost
+        # every run a connection and a coordinator lookup.
+        self._offset_fetcher: Consumer | None = None
+        self._fetcher_lock = threading.Lock()
         self._offset_fetch_config: dict[str, object] = {
             "error_cb": self._security,
             **client_config.as_dict(
@@ -161,6 +166,18 @@ class KafkaOffsetsReader:
                 }
             ),
         }
+
+    @property
+    def admin(self) -> AdminClient:
+        """The reader's admin client, for other metadata questions (no state of a run)."""
+        return self._admin
+
+    def close(self) -> None:
+        """Close the kept offset-fetching handle (the admin client needs no closing)."""
+        with self._fetcher_lock:
+            fetcher, self._offset_fetcher = self._offset_fetcher, None
+        if fetcher is not None:
+            fetcher.close()
 
     def list_topics(self, deadline: _Deadline | None = None) -> dict[str, int]:
         """Every non-internal topic with its number of partitions."""
@@ -218,13 +235,12 @@ class KafkaOffsetsReader:
             # the group's coordinator itself. The admin client's ListConsumerGroupOffsets
             # crashed the process (librdkafka 2.16, rd_kafka_cgrp_op on a handle without a
             # group) when the coordinator answered "load in progress" after a restart.
-            consumer = Consumer(self._offset_fetch_config)
-            try:
-                answer: list[TopicPartition] = consumer.committed(
+            with self._fetcher_lock:
+                if self._offset_fetcher is None:
+                    self._offset_fetcher = Consumer(self._offset_fetch_config)
+                answer: list[TopicPartition] = self._offset_fetcher.committed(
                     wanted, timeout=_at_least(deadline)
                 )
-            finally:
-                consumer.close()
             for entry in answer:
                 # Just after a transaction commits offsets the broker answers "unstable" per
                 # partition until its markers land: retry it like a request-level error.

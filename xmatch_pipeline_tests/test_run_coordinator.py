@@ -1,0 +1,76 @@
+"""The run queue's sub-second dequeue interval, and the launcher connected before the first
+launch (orchestration/run_coordinator.py)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from xmatch_pipeline.devstack import DevstackSettings
+from xmatch_pipeline.orchestration.run_coordinator import (
+    DEFAULT_DEQUEUE_INTERVAL_SECONDS,
+    XmatchQueuedRunCoordinator,
+    dequeue_interval,
+)
+from xmatch_pipeline_tests.conftest import PROJECT_ROOT
+
+
+def test_a_fraction_of_a_second_is_kept_as_given() -> None:
+    assert dequeue_interval(0.1) == 0.1
+    assert dequeue_interval(2) == 2.0
+
+
+def test_no_interval_is_dagsters_default() -> None:
+    assert dequeue_interval(None) == DEFAULT_DEQUEUE_INTERVAL_SECONDS
+
+
+@pytest.mark.parametrize("value", [0, -0.5, True, "0.1"])
+def test_an_interval_that_is_not_a_positive_number_is_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="dequeue_interval_seconds must be a number"):
+        dequeue_interval(value)
+
+
+def test_the_queue_limits_and_retries_are_dagsters_own() -> None:
+    coordinator = XmatchQueuedRunCoordinator(
+        dequeue_interval_seconds=0.25,
+        max_concurrent_runs=3,
+        tag_concurrency_limits=[{"key": "k", "value": {"applyLimitPerUniqueValue": True}}],
+        max_user_code_failure_retries=7,
+    )
+
+    assert coordinator.dequeue_interval_seconds == 0.25
+    queue = coordinator.get_run_queue_config()
+    assert queue.max_concurrent_runs == 3
+    assert queue.max_user_code_failure_retries == 7
+    assert queue.tag_concurrency_limits == [
+        {"key": "k", "value": {"applyLimitPerUniqueValue": True}}
+    ]
+
+
+def test_the_daemons_instance_has_its_launcher_connected_once_it_reads_the_queue(
+    devstack: DevstackSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon reads the coordinator as it starts: by then the Celery launcher is built
+    and its broker connection open, on the real Redis."""
+    from dagster import DagsterInstance
+
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    for name, value in devstack.as_environment().items():
+        if name.startswith(("DAGSTER_PG_", "CELERY_")):
+            monkeypatch.setenv(name, value)
+
+    instance = DagsterInstance.get()
+    try:
+        assert instance._run_launcher is None  # built lazily by Dagster
+        coordinator = instance.run_coordinator
+        assert isinstance(coordinator, XmatchQueuedRunCoordinator)
+        launcher = instance._run_launcher
+        assert launcher is not None
+        # The broker connection is open in the launcher's pool: the first launch reuses it.
+        with launcher.celery.pool.acquire(block=False) as connection:
+            assert connection.connected
+    finally:
+        instance.dispose()
