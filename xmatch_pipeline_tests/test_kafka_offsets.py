@@ -59,6 +59,27 @@ def test_lag_with_and_without_a_committed_offset(
     assert [lag.offsets_deleted_unprocessed for lag in lags] == [0, 0]
 
 
+def test_one_reader_sees_every_new_commit_of_the_group(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    """The offset-fetching handle is kept between calls (a run's start check reuses it):
+    each call still asks the coordinator, so a commit made in between is seen."""
+    topic = new_topic("offsets-kept", partitions=1)
+    _produce(kafka_bootstrap, topic, {0: 10})
+    group = f"test-kept-{uuid.uuid4().hex[:8]}"
+    reader = KafkaOffsetsReader(KafkaClientConfig(kafka_bootstrap), group, timeout_seconds=10)
+    try:
+        assert reader.committed_offsets([(topic, 0)]) == {(topic, 0): None}
+        for offset in (3, 7, 10):
+            _commit(kafka_bootstrap, group, topic, 0, offset)
+            assert reader.committed_offsets([(topic, 0)]) == {(topic, 0): offset}
+    finally:
+        reader.close()
+    # Closed, it makes a new handle when asked again.
+    assert reader.committed_offsets([(topic, 0)]) == {(topic, 0): 10}
+    reader.close()
+
+
 def test_group_without_offset_starts_at_the_low_watermark(
     kafka_bootstrap: str, new_topic: Callable[..., str]
 ) -> None:

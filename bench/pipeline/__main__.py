@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +178,13 @@ def main() -> None:
     parser.add_argument("--with-engines", action="store_true",
                         help="also run bench.crossmatch_engines (~100 s)")  # fmt: skip
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--with-workers", action="store_true",
+                        help="then run bench.workers (queued → started, worker memory over "
+                        "200 runs, two workers against one; ~15 min): every figure in one "
+                        "run")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="at most this many repeats of each measurement (fewer: faster, "
+                        "noisier)")  # fmt: skip
     parser.add_argument("--only", choices=("memory",),
                         help="run one phase and merge it into the saved raw results")  # fmt: skip
     parser.add_argument("--report-only", action="store_true",
@@ -188,6 +195,8 @@ def main() -> None:
         _write_outputs(json.loads((RESULTS_DIR / f"{stem}.json").read_text()), arguments.quick)
         return
     plan = QUICK if arguments.quick else FULL
+    if arguments.repeats is not None:
+        plan = _with_repeats(plan, arguments.repeats)
     if arguments.only:
         _only_memory(plan, arguments.quick)
         return
@@ -200,7 +209,9 @@ def main() -> None:
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python -m bench.pipeline" + " ".join(
             ["", *(["--quick"] if arguments.quick else []),
-             *(["--with-engines"] if arguments.with_engines else [])]
+             *(["--with-engines"] if arguments.with_engines else []),
+             *(["--with-workers"] if arguments.with_workers else []),
+             *([f"--repeats {arguments.repeats}"] if arguments.repeats is not None else [])]
         ),
         "phase_seconds": {},
     }  # fmt: skip
@@ -271,6 +282,23 @@ def main() -> None:
 
     (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str))
     _write_outputs(results, arguments.quick)
+    if arguments.with_workers:
+        _log("run workers (bench.workers)")
+        # Its own section of the same report, kept by the report above.
+        subprocess.run([sys.executable, "-m", "bench.workers"], cwd=PROJECT_ROOT, check=True)
+        _log(f"all done in {(time.perf_counter() - started) / 60:.1f} min")
+
+
+def _with_repeats(plan: Plan, repeats: int) -> Plan:
+    """The plan with at most ``repeats`` of every repeated measurement."""
+    return replace(
+        plan,
+        repeats=min(plan.repeats, repeats),
+        large_repeats=min(plan.large_repeats, repeats),
+        naive_repeats_large=min(plan.naive_repeats_large, repeats),
+        scaling_repeats=min(plan.scaling_repeats, repeats),
+        memory_repeats=min(plan.memory_repeats, repeats),
+    )
 
 
 def _only_memory(plan: Plan, quick: bool) -> None:
