@@ -101,6 +101,7 @@ def test_runs_in_one_process_reuse_the_clients_and_a_failed_run_leaves_nothing_b
     assert run(0)
     services = XmatchResource().services()
     database, engine = services.database, services.crossmatch_engine
+    run_offsets = services.run_offsets_reader  # the start check's and the topic limits'
     assert isinstance(engine, CdsXmatchClient)
     assert services.range_readers.created == 1
     assert services.range_readers.idle_count() == 1
@@ -127,6 +128,7 @@ def test_runs_in_one_process_reuse_the_clients_and_a_failed_run_leaves_nothing_b
     assert again is services
     assert again.database is database
     assert again.crossmatch_engine is engine
+    assert again.run_offsets_reader is run_offsets
     assert again.range_readers.created == 2  # the first, and one after the failure
     assert again.cds_sessions_opened == 2  # likewise: not one per run
     assert database.pool.checkedout() == 0  # type: ignore[attr-defined]
