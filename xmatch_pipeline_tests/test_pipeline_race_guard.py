@@ -199,7 +199,7 @@ def test_dagster_queue_allows_one_run_per_partition(
     try:
         assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
         # Read from dagster.yaml as a fraction of a second, which Dagster's own config refuses.
-        assert instance.run_coordinator.dequeue_interval_seconds == 0.1
+        assert instance.run_coordinator.dequeue_interval_seconds == 0.5
         # The queue daemon reads its limits from the instance's concurrency settings.
         queue = instance.get_concurrency_config().run_queue_config
         assert queue is not None

@@ -104,7 +104,7 @@ def analysis(results: dict[str, Any]) -> list[str]:
             f"- Latency: a run's own work takes {latency['started_to_finished']:.1f} s "
             f"(median) but it waits {latency['queued_to_started']:.1f} s between being queued "
             "and starting (a pipelined successor waits for its predecessor by design): the "
-            "daemon's queue loop picks queued runs up every 0.1 to 0.6 s, then the launch "
+            "daemon's queue loop picks queued runs up every 0.5 s or so, then the launch "
             "goes through Redis to a warm pool process of `xmatch-pipeline worker` (no process "
             "start, no imports). The sensor ticks every 5 s at most, so an alert waits for up "
             "to one tick, the queue, the launch, and the run that takes it."

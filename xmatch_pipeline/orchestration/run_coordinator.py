@@ -6,9 +6,11 @@ seconds (1 s at least). A queued run then waits for the next pass, 0.6 s on aver
 than 1 s at worst, before it is launched: the largest part of its queued → started time on a
 warm worker. This coordinator is the same queue (same limits, same submission, same daemon)
 with ``dequeue_interval_seconds`` in fractions of a second. The daemon's loop sleeps in steps
-of 0.5 s whenever a pass ended before the interval, so with an interval below a pass's own
-duration the passes run back to back, and otherwise one 0.5 s step separates them: a queued
-run waits ~0.25 s on average (docs/benchmarks.md) for a pass that costs a few queries.
+of 0.5 s whenever a pass ended before the interval, so 0.5 s is the useful setting: on an
+idle host a pass (a few queries) is followed by one 0.5 s step, and a queued run waits
+~0.3 s on average; a shorter interval gains nothing there and, on a host so loaded that a
+pass takes longer than the interval, runs the passes back to back, taking CPU from the
+runs themselves.
 
 The launcher is built and connected to the broker when the coordinator is registered with
 the instance, i.e. when the daemon starts (its queue loop reads the coordinator first),
@@ -39,7 +41,7 @@ def dequeue_interval(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ValueError(
             f"run_coordinator.config.dequeue_interval_seconds must be a number of seconds "
-            f"above 0 (e.g. 0.1), not {value!r}; fix dagster.yaml."
+            f"above 0 (e.g. 0.5), not {value!r}; fix dagster.yaml."
         )
     return float(value)
 
@@ -67,7 +69,7 @@ class XmatchQueuedRunCoordinator(QueuedRunCoordinator):
         fields["dequeue_interval_seconds"] = Field(
             float,
             is_required=False,
-            description="Seconds between the daemon's passes over the queue, e.g. 0.1.",
+            description="Seconds between the daemon's passes over the queue, e.g. 0.5.",
         )
         return fields
 
