@@ -74,3 +74,27 @@ def test_the_daemons_instance_has_its_launcher_connected_once_it_reads_the_queue
             assert connection.connected
     finally:
         instance.dispose()
+
+
+def test_an_instance_without_the_launchers_settings_still_reads_its_queue(
+    devstack: DevstackSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that only queues runs may lack CELERY_BROKER_URL: the queue loads, and the
+    launcher's own error waits for a launch."""
+    from dagster import DagsterInstance
+
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    for name, value in devstack.as_environment().items():
+        if name.startswith("DAGSTER_PG_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("CELERY_RESULT_BACKEND", raising=False)
+
+    instance = DagsterInstance.get()
+    try:
+        assert isinstance(instance.run_coordinator, XmatchQueuedRunCoordinator)
+        with pytest.raises(Exception, match="CELERY_BROKER_URL"):
+            _ = instance.run_launcher
+    finally:
+        instance.dispose()

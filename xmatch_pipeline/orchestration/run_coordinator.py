@@ -91,11 +91,16 @@ class XmatchQueuedRunCoordinator(QueuedRunCoordinator):
 
 
 def warm_launcher(instance: DagsterInstance) -> None:
-    """Build the instance's run launcher now and let it connect, if it knows how (a launcher
-    whose broker is down still starts: its launches wait in the queue, run_launcher.py)."""
-    warm_up = getattr(instance.run_launcher, "warm_up", None)
-    if callable(warm_up):
-        try:
+    """Build the instance's run launcher now and let it connect, if it knows how.
+
+    Never raises: a process that reads the queue but never launches may lack the
+    launcher's settings (the Celery variables), and a launcher whose broker is down still
+    starts (its launches wait in the queue, run_launcher.py). Either way the launcher is
+    then built, or its error raised, where Dagster first needs it, as without this.
+    """
+    try:
+        warm_up = getattr(instance.run_launcher, "warm_up", None)
+        if callable(warm_up):
             warm_up()
-        except Exception as error:  # a cold first launch is no reason to stop
-            logger.warning("the run launcher could not connect ahead of the first run: %s", error)
+    except Exception as error:  # a cold first launch is no reason to stop
+        logger.info("the run launcher is not ready ahead of the first launch: %s", error)
