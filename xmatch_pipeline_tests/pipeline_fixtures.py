@@ -38,6 +38,7 @@ from xmatch_pipeline.kafka_config import KafkaClientConfig
 from xmatch_pipeline.match.allwise import CDS_COLUMNS
 from xmatch_pipeline.match.catalog_build import build_catalog_index
 from xmatch_pipeline.orchestration.jobs import xmatch_microbatch
+from xmatch_pipeline.orchestration.partitions import OFFSET_RANGES_NAME
 from xmatch_pipeline.orchestration.resources import XmatchResource
 from xmatch_pipeline.orchestration.sensors import build_kafka_lag_sensor
 from xmatch_pipeline.publish.kafka_transaction import TransactionalPublisher
@@ -526,7 +527,9 @@ def run_key_used(instance: DagsterInstance, run_key: str) -> bool:
 
 def execute_request(instance: DagsterInstance, request: RunRequest) -> ExecuteInProcessResult:
     """Run a sensor's request in process, for its partition and tagged with its run key,
-    as the daemon would."""
+    as the daemon would (the sensor adds the partition with its request)."""
+    if request.partition_key is not None:
+        instance.add_dynamic_partitions(OFFSET_RANGES_NAME, [request.partition_key])
     return xmatch_microbatch.execute_in_process(
         run_config=request.run_config,
         instance=instance,

@@ -48,7 +48,7 @@ def test_a_range_key_names_the_range_and_reads_back() -> None:
     "key", ["topic/0/5-", "topic/0/5-3", "topic/x/0-5", "topic/0/0-5/extra", "topic[0]@[0,5)"]
 )
 def test_a_malformed_range_key_is_refused_with_the_expected_form(key: str) -> None:
-    with pytest.raises(ValueError, match="topic/partition/start-end|start < end"):
+    with pytest.raises(ValueError, match=r"topic/partition/start-end|start < end"):
         OffsetRange.from_key(key)
 
 
@@ -140,7 +140,8 @@ def _check_evaluations(instance: DagsterInstance, name: str) -> dict[str, bool]:
     latest: dict[str, bool] = {}
     for record in reversed(records):  # oldest first, so the newest wins
         evaluation = record.evaluation
-        assert evaluation is not None and evaluation.partition is not None
+        assert evaluation is not None
+        assert evaluation.partition is not None
         latest[evaluation.partition] = evaluation.passed
     return latest
 
