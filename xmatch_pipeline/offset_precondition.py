@@ -25,6 +25,7 @@ def group_start_problem(offset_range: OffsetRange, group_offset: int) -> str | N
     return (
         f"{offset_range}: the consumer group is at offset {group_offset}, not at the range's "
         f"start {offset_range.start}; a live run would move it to {offset_range.end} and "
-        f"{effect}. Reprocess a processed range with xmatch_backfill; a live range starts "
+        f"{effect}. Reprocess a processed range with a backfill of its partition "
+        "(xmatch_microbatch's Partitions tab) or with xmatch_backfill; a live range starts "
         "where the group is."
     )

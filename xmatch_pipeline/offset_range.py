@@ -36,3 +36,33 @@ class OffsetRange:
 
     def __str__(self) -> str:
         return f"{self.topic}[{self.partition}]@[{self.start},{self.end})"
+
+    def split(self, size: int) -> list[OffsetRange]:
+        """Consecutive ranges of at most ``size`` offsets covering this one."""
+        if size < 1:
+            raise ValueError(f"offset range {self}: split size must be >= 1, got {size}")
+        return [
+            OffsetRange(self.topic, self.partition, start, min(start + size, self.end))
+            for start in range(self.start, self.end, size)
+        ]
+
+    @property
+    def key(self) -> str:
+        """The range as one word, ``topic/partition/start-end``: its Dagster partition key.
+
+        ``/`` cannot occur in a Kafka topic name (only ``[a-zA-Z0-9._-]``), so the key
+        reads back unambiguously (:meth:`from_key`).
+        """
+        return f"{self.topic}/{self.partition}/{self.start}-{self.end}"
+
+    @classmethod
+    def from_key(cls, key: str) -> OffsetRange:
+        """The range a :attr:`key` names; ValueError, saying what was expected, otherwise."""
+        parts = key.split("/")
+        bounds = parts[2].split("-") if len(parts) == 3 else []
+        if len(bounds) != 2 or not all(p.isdigit() for p in [parts[1], *bounds]):
+            raise ValueError(
+                f"offset range key {key!r}: expected topic/partition/start-end, "
+                "e.g. ztf_20200101_programid1/0/0-5000"
+            )
+        return cls(parts[0], int(parts[1]), int(bounds[0]), int(bounds[1]))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
@@ -25,6 +25,7 @@ from xmatch_pipeline.match.cds_client import (
 )
 from xmatch_pipeline.match.index_manifest import MANIFEST_FILE
 from xmatch_pipeline.publish.dead_letter import dead_letter_topic_for
+from xmatch_pipeline.range_checks import RangeCheckBounds
 from xmatch_pipeline.read.topic_selection import topics_from_list
 
 EngineName = Literal["cds", "local"]
@@ -135,6 +136,11 @@ class PipelineSettings:
     max_run_attempts: int = 3
     output_precision: OutputPrecision = "double"
     use_match_cache: bool = True
+    checks: RangeCheckBounds = field(default_factory=RangeCheckBounds)
+    #: Where a failed run is reported besides the log (``failure_alerts``): a Kafka topic
+    #: on the input cluster and/or a webhook that takes a JSON POST.
+    failure_alert_topic: str | None = None
+    failure_webhook_url: str | None = None
 
 
 def _catalog_from_json(entry: object, index: int) -> CatalogSpec:
@@ -445,6 +451,9 @@ def load_settings(environment: Mapping[str, str]) -> PipelineSettings:
         output_precision="float32" if precision == "float32" else "double",
         # Worth it where every call is remote (CDS); a local index is faster than the lookup.
         use_match_cache=reader.boolean("XMATCH_MATCH_CACHE", engine == "cds"),
+        checks=_check_bounds(reader),
+        failure_alert_topic=reader.optional("XMATCH_FAILURE_TOPIC"),
+        failure_webhook_url=_webhook_url(reader),
     )
     if settings.metrics_topic is not None and settings.metrics_bootstrap_servers is None:
         settings = _replace_metrics_host(settings, consumer_server)
@@ -453,6 +462,29 @@ def load_settings(environment: Mapping[str, str]) -> PipelineSettings:
             "xmatch_pipeline settings are not valid:\n- " + "\n- ".join(reader.problems)
         )
     return settings
+
+
+def _check_bounds(reader: _Reader) -> RangeCheckBounds:
+    low = reader.number("XMATCH_CHECK_MIN_MATCH_RATE", 0.0, minimum=0.0)
+    high = reader.number("XMATCH_CHECK_MAX_MATCH_RATE", 1.0, minimum=0.0)
+    if high > 1.0 or low > high:
+        reader.problems.append(
+            f"XMATCH_CHECK_MIN_MATCH_RATE={low} and XMATCH_CHECK_MAX_MATCH_RATE={high}: need "
+            "0 <= min <= max <= 1 (shares of decoded alerts with a match, e.g. 0.5 and 1)"
+        )
+        low, high = 0.0, 1.0
+    max_lag = reader.integer("XMATCH_CHECK_MAX_LAG", 100_000, minimum=0)
+    return RangeCheckBounds(min_match_rate=low, max_match_rate=high, max_lag=max_lag)
+
+
+def _webhook_url(reader: _Reader) -> str | None:
+    url = reader.optional("XMATCH_FAILURE_WEBHOOK_URL")
+    if url is not None and not url.startswith(("http://", "https://")):
+        reader.problems.append(
+            f"XMATCH_FAILURE_WEBHOOK_URL={url!r} must be an http:// or https:// URL"
+        )
+        return None
+    return url
 
 
 def _replace_metrics_host(settings: PipelineSettings, host: str) -> PipelineSettings:

@@ -22,6 +22,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from dagster import (
+    AddDynamicPartitionsRequest,
     DagsterInstance,
     ExecuteInProcessResult,
     RunRequest,
@@ -37,6 +38,7 @@ from xmatch_pipeline.kafka_config import KafkaClientConfig
 from xmatch_pipeline.match.allwise import CDS_COLUMNS
 from xmatch_pipeline.match.catalog_build import build_catalog_index
 from xmatch_pipeline.orchestration.jobs import xmatch_microbatch
+from xmatch_pipeline.orchestration.partitions import OFFSET_RANGES_NAME
 from xmatch_pipeline.orchestration.resources import XmatchResource
 from xmatch_pipeline.orchestration.sensors import build_kafka_lag_sensor
 from xmatch_pipeline.publish.kafka_transaction import TransactionalPublisher
@@ -95,6 +97,11 @@ SETTING_NAMES = (
     "XMATCH_MAX_RUN_ATTEMPTS",
     "XMATCH_MATCH_CACHE",
     "XMATCH_KAFKA_SSL_CA_LOCATION",
+    "XMATCH_CHECK_MIN_MATCH_RATE",
+    "XMATCH_CHECK_MAX_MATCH_RATE",
+    "XMATCH_CHECK_MAX_LAG",
+    "XMATCH_FAILURE_TOPIC",
+    "XMATCH_FAILURE_WEBHOOK_URL",
 )
 
 RESPONSE_FILE = "cds_response_allwise_best_1arcsec.csv"
@@ -519,14 +526,27 @@ def run_key_used(instance: DagsterInstance, run_key: str) -> bool:
 
 
 def execute_request(instance: DagsterInstance, request: RunRequest) -> ExecuteInProcessResult:
-    """Run a sensor's request in process, tagged with its run key as the daemon would."""
+    """Run a sensor's request in process, for its partition and tagged with its run key,
+    as the daemon would (the sensor adds the partition with its request)."""
+    if request.partition_key is not None:
+        instance.add_dynamic_partitions(OFFSET_RANGES_NAME, [request.partition_key])
     return xmatch_microbatch.execute_in_process(
         run_config=request.run_config,
         instance=instance,
         resources=JOB_RESOURCES | {"xmatch": XmatchResource()},
         tags={**request.tags, RUN_KEY_TAG: request.run_key or ""},
+        partition_key=request.partition_key,
         raise_on_error=False,
     )
+
+
+def add_requested_partitions(instance: DagsterInstance, result: SensorResult) -> None:
+    """What the daemon does with a tick's partition requests before it launches the runs."""
+    for partitions_request in result.dynamic_partitions_requests or []:
+        assert isinstance(partitions_request, AddDynamicPartitionsRequest), partitions_request
+        instance.add_dynamic_partitions(
+            partitions_request.partitions_def_name, list(partitions_request.partition_keys)
+        )
 
 
 @dataclass
@@ -555,6 +575,7 @@ def drive_sensor_and_jobs(
     log = DriveLog(cursor=cursor)
     for _ in range(max_ticks):
         result = evaluate_sensor(instance, log.cursor)
+        add_requested_partitions(instance, result)
         log.cursor = result.cursor
         requests = list(result.run_requests or [])
         fresh = [r for r in requests if not run_key_used(instance, r.run_key or "")]

@@ -118,3 +118,43 @@ def test_loading_the_code_location_checks_the_settings(definitions: Definitions)
     assert "DB_HOST is not set" in bad.stderr
     assert "DB_PORT='port' is not a whole number" in bad.stderr
     assert "definitions-secret" not in bad.stderr
+
+
+def test_the_micro_batch_job_and_its_assets_are_partitioned_by_offset_range(
+    definitions: Definitions,
+) -> None:
+    job = definitions.resolve_job_def("xmatch_microbatch")
+    assert job.partitions_def is not None
+    assert job.partitions_def.name == "offset_ranges"  # type: ignore[attr-defined]
+    # A key alone gives the run's config and the range's tags (what a UI backfill launches).
+    key = "ztf_20200101_programid1/1/500-1000"
+    partitioned = job.partitioned_config
+    assert partitioned is not None
+    assert partitioned.get_run_config_for_partition_key(key) == {
+        "ops": {
+            "check_offset_range": {
+                "config": {
+                    "topic": "ztf_20200101_programid1",
+                    "partition": 1,
+                    "start_offset": 500,
+                    "end_offset": 1000,
+                }
+            }
+        }
+    }
+    assert partitioned.get_tags_for_partition_key(key)["xmatch/partition_key"] == (
+        "ztf_20200101_programid1:1"
+    )
+    graph = definitions.resolve_asset_graph()
+    assert graph.get(CROSSMATCH_TABLES).partitions_def == job.partitions_def
+    assert graph.get(INPUT_TOPICS).partitions_def is None
+    checks = {key.name for key in graph.asset_check_keys if key.asset_key == CROSSMATCH_TABLES}
+    assert checks == {
+        "offsets_accounted",
+        "no_duplicate_candid",
+        "match_rate_in_bounds",
+        "lag_below_threshold",
+    }
+    assert definitions.resolve_sensor_def("run_failure_alerts").default_status == (
+        DefaultSensorStatus.RUNNING
+    )

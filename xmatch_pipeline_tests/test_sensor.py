@@ -14,7 +14,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunRequest
+from dagster import (
+    AddDynamicPartitionsRequest,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    RunRequest,
+)
 from dagster._core.remote_origin import (
     InProcessCodeLocationOrigin,
     RemoteJobOrigin,
@@ -164,6 +170,12 @@ def test_requests_one_range_per_lagging_partition_with_keys_tags_and_cursor(
             }
         }
         assert request.job_name in (None, xmatch_microbatch.name)
+        assert request.partition_key == f"{topic}/{partition}/0-10"
+    # Each range is added as a partition of offset_ranges in the same tick.
+    (partitions_request,) = result.dynamic_partitions_requests or []
+    assert isinstance(partitions_request, AddDynamicPartitionsRequest)
+    assert partitions_request.partitions_def_name == "offset_ranges"
+    assert sorted(partitions_request.partition_keys) == [f"{topic}/0/0-10", f"{topic}/1/0-10"]
     # The cursor keeps what it knew and adds the last range requested per partition.
     assert json.loads(result.cursor or "") == {
         "other-topic:3": {"start": 5, "end": 9, "attempt": 1},
@@ -173,6 +185,7 @@ def test_requests_one_range_per_lagging_partition_with_keys_tags_and_cursor(
     (observation,) = result.asset_events
     assert observation.metadata["lag_total"].value == 26
     assert observation.metadata[f"lag[{topic}]"].value == 26
+    assert observation.metadata[f"lag[{topic}][0]"].value == 13
     # Reading lag never consumes: the group still has nothing committed.
     assert group_offsets(harness.bootstrap, settings["CONSUMER_GROUP_ID"], topic) == {
         0: None,

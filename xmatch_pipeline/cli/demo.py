@@ -3,7 +3,7 @@
 Starts the devstack, builds the demo catalog and alerts, replays the alerts into an input
 topic, serves the catalog over the CDS protocol (so the demo uses the same CDS client as
 production), starts a run worker (``xmatch-pipeline worker``: runs execute in its warm pool
-processes, as in production) and runs ``dagster dev`` with the lag sensor on.
+processes, as in production) and runs ``dg dev`` (Dagster's UI and daemon) with the lag sensor on.
 """
 
 from __future__ import annotations
@@ -45,6 +45,23 @@ def _input_topic_messages(bootstrap: str, topic: str) -> int:
     if topic not in reader.list_topics():
         return 0
     return sum(lag.high - lag.low for lag in reader.lags([topic]))
+
+
+def _start_dg_dev(
+    project_files: Path, port: int, environment: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """``dg dev`` (Dagster's current CLI), which finds the code location in pyproject.toml's
+    ``[tool.dg]``; DAGSTER_HOME keeps the instance (dagster.yaml) under .devstack, and
+    VIRTUAL_ENV names the project's venv so that dg uses it without a warning."""
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("dg")), "dev",
+            "--target-path", str(project_files),
+            "--host", "127.0.0.1", "--port", str(port),
+        ],
+        env={**environment, "VIRTUAL_ENV": sys.prefix},
+        cwd=project_files,
+    )  # fmt: skip
 
 
 def demo_command(
@@ -112,7 +129,7 @@ def demo_command(
                 env=environment,
             )
         )  # fmt: skip
-        if not _wait_for_port("127.0.0.1", cds_port, 30):
+        if not _wait_for_port("127.0.0.1", cds_port, 120):  # slow on a loaded machine
             typer.echo(f"demo: cds-server did not start on port {cds_port}", err=True)
             raise typer.Exit(code=2)
     children.append(
@@ -128,7 +145,7 @@ def demo_command(
                 "",
                 f"demo: Dagster UI on http://127.0.0.1:{port} (Ctrl-C stops the demo)",
                 "demo: kafka_lag_sensor is on; runs appear under Runs within a minute and run in "
-                "the worker started beside dagster dev",
+                "the worker started beside dg dev",
                 "demo: look at the results with",
                 f"  .venv/bin/xmatch-pipeline alerts tail --topic {DEMO_OUTPUT_TOPIC} --count 3",
                 f"  PGPASSWORD={devstack.postgres_password} psql -h {devstack.postgres_host} "
@@ -138,15 +155,7 @@ def demo_command(
             ]
         )
     )
-    dagster = subprocess.Popen(
-        [
-            sys.executable, "-m", "dagster", "dev",
-            "-m", "xmatch_pipeline.orchestration.definitions",
-            "-h", "127.0.0.1", "-p", str(port),
-        ],
-        env=environment,
-        cwd=dagster_home,
-    )  # fmt: skip
+    dagster = _start_dg_dev(project_files, port, environment)
     children.append(dagster)
     try:
         dagster.wait()

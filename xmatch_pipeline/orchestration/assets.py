@@ -1,6 +1,9 @@
-"""What the UI draws as lineage: input topics → crossmatch tables → output topic."""
+"""What the UI draws as lineage: input topics → crossmatch tables → output topic. The
+assets a run writes are partitioned by offset range (``partitions.OFFSET_RANGES``)."""
 
-from dagster import AssetKey, AssetSpec
+from dagster import AssetKey, AssetSpec, PartitionsDefinition
+
+from xmatch_pipeline.orchestration.partitions import OFFSET_RANGES
 
 INPUT_TOPICS = AssetKey(["kafka", "ztf_alerts"])
 CROSSMATCH_TABLES = AssetKey(["postgres", "allwise_xmatch"])
@@ -9,7 +12,12 @@ DEAD_LETTER_TOPIC = AssetKey(["kafka", "xmatch_dead_letters"])
 
 
 def _spec(
-    key: AssetKey, kind: str, description: str, *, upstream: AssetKey | None = None
+    key: AssetKey,
+    kind: str,
+    description: str,
+    *,
+    upstream: AssetKey | None = None,
+    partitions_def: PartitionsDefinition | None = OFFSET_RANGES,
 ) -> AssetSpec:
     return AssetSpec(
         key,
@@ -17,6 +25,7 @@ def _spec(
         description=description,
         group_name="xmatch",
         kinds={kind},
+        partitions_def=partitions_def,
     )
 
 
@@ -25,6 +34,7 @@ ASSET_SPECS = [
         INPUT_TOPICS,
         "kafka",
         "ZTF alert topics (Avro, one alert per message); lag observed by kafka_lag_sensor.",
+        partitions_def=None,
     ),
     _spec(
         CROSSMATCH_TABLES,

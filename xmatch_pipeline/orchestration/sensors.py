@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from dagster import (
+    AddDynamicPartitionsRequest,
     AssetObservation,
     DagsterInstance,
     DagsterRunStatus,
@@ -30,6 +31,7 @@ from xmatch_pipeline.orchestration.jobs import (
     xmatch_backfill,
     xmatch_microbatch,
 )
+from xmatch_pipeline.orchestration.partitions import BACKFILL_TAG, OFFSET_RANGES_NAME
 from xmatch_pipeline.orchestration.resources import XmatchResource
 from xmatch_pipeline.read.kafka_offsets import PartitionLag
 from xmatch_pipeline.run_planning import PartitionKey, PlannedRun, plan_runs
@@ -68,7 +70,8 @@ def _tagged_range(tags: Mapping[str, str]) -> OffsetRange | None:
 
 def runs_in_flight(instance: DagsterInstance) -> dict[PartitionKey, list[OffsetRange | None]]:
     """The ranges of every queued or running run per partition: live runs by their tags,
-    backfills (ranges unknown to the planner: None) by the ranges in their config."""
+    backfills (ranges unknown to the planner: None) by their tags or the ranges in their
+    config."""
     in_flight: dict[PartitionKey, list[OffsetRange | None]] = {}
     for job_name in (xmatch_microbatch.name, xmatch_backfill.name):
         runs = instance.get_runs(
@@ -79,7 +82,9 @@ def runs_in_flight(instance: DagsterInstance) -> dict[PartitionKey, list[OffsetR
             if topic is not None and partition is not None:
                 key = (topic, int(partition))
                 in_flight.setdefault(key, []).append(
-                    _tagged_range(run.tags) if job_name == xmatch_microbatch.name else None
+                    _tagged_range(run.tags)
+                    if job_name == xmatch_microbatch.name and BACKFILL_TAG not in run.tags
+                    else None
                 )
             if job_name == xmatch_backfill.name:
                 for key in _backfill_partitions(run.run_config):
@@ -106,18 +111,20 @@ def run_request(planned: PlannedRun) -> RunRequest:
     offset_range = planned.offset_range
     return RunRequest(
         run_key=planned.run_key,
+        partition_key=offset_range.key,
         run_config=microbatch_run_config(offset_range),
         tags=run_tags.range_tags(offset_range, planned.attempt),
     )
 
 
 def lag_observation(lags: list[PartitionLag]) -> AssetObservation:
-    """Lag per topic and in all, numbers the UI plots tick after tick."""
+    """Lag in all, per topic and per partition, numbers the UI plots tick after tick."""
     per_topic: dict[str, int] = {}
     for lag in lags:
         per_topic[lag.topic] = per_topic.get(lag.topic, 0) + lag.lag
     metadata = {"lag_total": MetadataValue.int(sum(per_topic.values()))}
     metadata |= {f"lag[{topic}]": MetadataValue.int(value) for topic, value in per_topic.items()}
+    metadata |= {f"lag[{lag.topic}][{lag.partition}]": MetadataValue.int(lag.lag) for lag in lags}
     return AssetObservation(INPUT_TOPICS, metadata=metadata)
 
 
@@ -166,6 +173,14 @@ def evaluate_lag(context: SensorEvaluationContext, xmatch: XmatchResource) -> Se
         )
     return SensorResult(
         run_requests=[run_request(planned) for planned in runs],
+        # Each range becomes a partition before its run is launched (a retry's is there).
+        dynamic_partitions_requests=[
+            AddDynamicPartitionsRequest(
+                OFFSET_RANGES_NAME, [planned.offset_range.key for planned in runs]
+            )
+        ]
+        if runs
+        else [],
         skip_reason=skip_reason,
         cursor=cursor_for(runs, context.cursor),
         asset_events=[lag_observation(lags)],
