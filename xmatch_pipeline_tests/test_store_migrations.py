@@ -39,7 +39,8 @@ def _first_revision() -> ModuleType:
     """Revision 0001, whose tables are exactly what the pipeline created before migrations."""
     path = Path(migrations.__file__).parent / "versions" / "0001_initial_schema.py"
     spec = importlib.util.spec_from_file_location("revision_0001", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -128,7 +129,7 @@ ROWS: dict[str, list[dict[str, Any]]] = {
     "object": [{"oid": "ZTF18aaaaaaa"}, {"oid": "ZTF20bbbbbbb"}],
     "allwise": [
         {"oid_catalog": "J123456.78+123456.7", "ra": 342.16949390, "dec": -12.345678901234}
-        | {column: None for column in ("w1mpro", "w2mpro", "w3mpro", "w4mpro")}
+        | dict.fromkeys(("w1mpro", "w2mpro", "w3mpro", "w4mpro"))
         | {"w1sigmpro": 0.023, "k_msig_2mass": None}
     ],
     "xmatch": [

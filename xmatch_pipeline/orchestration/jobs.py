@@ -20,6 +20,7 @@ from dagster import (
     OpExecutionContext,
     Out,
     Output,
+    ResourceParam,
     in_process_executor,
     job,
     op,
@@ -73,7 +74,7 @@ class BackfillConfig(Config):
 
 
 def _partition_lag(
-    context: OpExecutionContext, xmatch: XmatchResource, offset_range: OffsetRange
+    context: OpExecutionContext, xmatch: ResourceParam[XmatchResource], offset_range: OffsetRange
 ) -> PartitionLag | None:
     """The partition's lag, or None when Kafka cannot say now: lag is only metadata, and
     right after a transactional commit the broker briefly refuses the group's offsets
@@ -91,7 +92,7 @@ def _partition_lag(
 
 @op(out=Out(OffsetRange))
 def check_offset_range(
-    context: OpExecutionContext, config: OffsetRangeConfig, xmatch: XmatchResource
+    context: OpExecutionContext, config: OffsetRangeConfig, xmatch: ResourceParam[XmatchResource]
 ) -> Iterator[Output[OffsetRange]]:
     """Note the group's lag before the run, and refuse early a range that does not start at
     the group's offset (the runner enforces it in any case, even when the lag is unknown)."""
@@ -109,7 +110,7 @@ def check_offset_range(
 
 @op
 def crossmatch_offset_range(
-    context: OpExecutionContext, offset_range: OffsetRange, xmatch: XmatchResource
+    context: OpExecutionContext, offset_range: OffsetRange, xmatch: ResourceParam[XmatchResource]
 ) -> MicrobatchReport:
     """Read → decode → match → store → publish and commit the offsets, exactly once."""
     report = xmatch.services().runner().run(offset_range, run_id=context.run_id, mode="live")
@@ -122,7 +123,7 @@ def crossmatch_offset_range(
 
 @op(ins={"report": In(MicrobatchReport)}, out=Out(Nothing))
 def record_run_metrics(
-    context: OpExecutionContext, report: MicrobatchReport, xmatch: XmatchResource
+    context: OpExecutionContext, report: MicrobatchReport, xmatch: ResourceParam[XmatchResource]
 ) -> Iterator[AssetMaterialization]:
     """Lineage and metrics in the UI; the original's metrics message when configured."""
     lag_after = _partition_lag(context, xmatch, report.offset_range)
@@ -141,7 +142,7 @@ def xmatch_microbatch() -> None:
 
 @op(out=Out(Nothing))
 def backfill_offset_ranges(
-    context: OpExecutionContext, config: BackfillConfig, xmatch: XmatchResource
+    context: OpExecutionContext, config: BackfillConfig, xmatch: ResourceParam[XmatchResource]
 ) -> Iterator[AssetMaterialization]:
     """Process each range again; upserts make a processed range leave the tables unchanged."""
     runner = xmatch.services().runner()
