@@ -100,7 +100,6 @@ def processed(
     kafka_bootstrap: str,
     fresh_database_url: str,
     new_topic: Callable[..., str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> tuple[DagsterInstance, dict[str, str]]:
     """A topic whose alerts the live pipeline has processed (two ranges), and its settings."""
     environment = pipeline_environment(
@@ -190,7 +189,6 @@ def test_backfill_of_an_unprocessed_range_leaves_the_live_group_where_it_was(
     kafka_bootstrap: str,
     fresh_database_url: str,
     new_topic: Callable[..., str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     environment = pipeline_environment(
         kafka_bootstrap=kafka_bootstrap,

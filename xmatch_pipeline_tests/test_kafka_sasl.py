@@ -195,7 +195,6 @@ def test_the_pipeline_runs_over_sasl_ssl_with_only_the_acls_it_needs_and_no_secr
     deploy: Callable[..., SaslDeployment],
     devstack: DevstackSettings,
     stream: SmallStream,
-    monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
@@ -229,7 +228,6 @@ def test_the_pipeline_runs_over_sasl_ssl_with_only_the_acls_it_needs_and_no_secr
 
 def test_a_wrong_password_fails_the_sensor_and_the_run_naming_authentication(
     deploy: Callable[..., SaslDeployment],
-    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
@@ -271,7 +269,6 @@ def test_a_missing_acl_fails_the_run_naming_the_permission_and_nothing_is_visibl
     without: str,
     permission: str,
     deploy: Callable[..., SaslDeployment],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     deployment = deploy(without=without)
     xmatch = xmatch_resource(deployment.environment)

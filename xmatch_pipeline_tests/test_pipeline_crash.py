@@ -81,7 +81,6 @@ def test_killed_run_then_rerun_outputs_every_alert_exactly_once(
     new_topic: Callable[..., str],
     allwise_index: Path,
     input_stream: InputStream,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     offset_range = input_stream.offset_range
     output_topic = new_topic("crash-output")

@@ -169,7 +169,6 @@ def test_real_alerts_through_sensor_and_job_exactly_once(
     kafka_bootstrap: str,
     own_database_url: str,
     new_topic: Callable[..., str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fresh_database_url = own_database_url
     alerts = real_stream.alerts
@@ -350,7 +349,6 @@ def test_an_undecodable_message_is_dead_lettered_and_never_blocks_the_partition(
     kafka_bootstrap: str,
     fresh_database_url: str,
     new_topic: Callable[..., str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     stream = small_stream(shared_data_dir, tmp_path_factory.mktemp("dead-letter-catalog"))
     input_topic, output_topic = new_topic("e2e-dlq-in"), new_topic("e2e-dlq-out")

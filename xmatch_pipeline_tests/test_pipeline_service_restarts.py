@@ -199,9 +199,7 @@ def _collect_kafka_clients() -> None:
     gc.collect()
 
 
-def _converge_after_each_restart(
-    scenario: Scenario, cycles: list[Cycle], monkeypatch: pytest.MonkeyPatch
-) -> list[str]:
+def _converge_after_each_restart(scenario: Scenario, cycles: list[Cycle]) -> list[str]:
     """Run the ranges as described above; what each range's first run did."""
     xmatch = xmatch_resource(scenario.environment)
     instance = DagsterInstance.ephemeral()
@@ -281,14 +279,14 @@ def _converge_after_each_restart(
 
 
 def test_broker_restarted_mid_run_three_times_converges_exactly_once(
-    kafka_scenario: Scenario, monkeypatch: pytest.MonkeyPatch
+    kafka_scenario: Scenario,
 ) -> None:
-    outcomes = _converge_after_each_restart(kafka_scenario, KAFKA_CYCLES, monkeypatch)
+    outcomes = _converge_after_each_restart(kafka_scenario, KAFKA_CYCLES)
     assert len(outcomes) == len(kafka_scenario.service.restarts) == 3, outcomes
 
 
 def test_postgres_restarted_mid_run_three_times_converges_exactly_once(
-    postgres_scenario: Scenario, monkeypatch: pytest.MonkeyPatch
+    postgres_scenario: Scenario,
 ) -> None:
-    outcomes = _converge_after_each_restart(postgres_scenario, POSTGRES_CYCLES, monkeypatch)
+    outcomes = _converge_after_each_restart(postgres_scenario, POSTGRES_CYCLES)
     assert len(outcomes) == len(postgres_scenario.service.restarts) == 3, outcomes

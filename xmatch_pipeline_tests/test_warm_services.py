@@ -73,7 +73,6 @@ def test_runs_in_one_process_reuse_the_clients_and_a_failed_run_leaves_nothing_b
     kafka_bootstrap: str,
     fresh_database_url: str,
     new_topic: Callable[..., str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     stream = small_stream(shared_data_dir, tmp_path)
     topic, output = new_topic("warm-in"), new_topic("warm-out")
@@ -147,7 +146,6 @@ def test_the_local_index_stays_warm_across_runs(
     kafka_bootstrap: str,
     fresh_database_url: str,
     new_topic: Callable[..., str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     stream = small_stream(shared_data_dir, tmp_path)
     topic, output = new_topic("warm-local-in"), new_topic("warm-local-out")
@@ -174,9 +172,7 @@ def test_the_local_index_stays_warm_across_runs(
     assert len(read_committed(kafka_bootstrap, output)) == 2 * RUN_SIZE
 
 
-def test_a_few_settings_are_kept_and_the_oldest_disposed(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_few_settings_are_kept_and_the_oldest_disposed(database_url: str) -> None:
     def settings(group: str) -> dict[str, str]:
         return pipeline_environment(
             kafka_bootstrap="127.0.0.1:9",
