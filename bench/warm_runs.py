@@ -40,6 +40,7 @@ from xmatch_pipeline.orchestration.jobs import microbatch_run_config, xmatch_mic
 from xmatch_pipeline.orchestration.resources import XmatchResource
 from xmatch_pipeline.publish.kafka_transaction import TransactionalPublisher
 from xmatch_pipeline.services import kafka_client_config
+from xmatch_pipeline.settings import load_settings
 from xmatch_pipeline.warm_services import dispose_warm_services
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ RESULTS = PROJECT_ROOT / "bench" / "results" / "warm_runs.json"
 def _run_all(
     environment: dict[str, str], topic: str, runs: int, size: int, *, warm: bool
 ) -> list[float]:
-    os.environ.update(environment)
+    xmatch = XmatchResource(load_settings(environment))
     instance = DagsterInstance.ephemeral()
     seconds = []
     for number in range(runs):
@@ -61,7 +62,7 @@ def _run_all(
         result = xmatch_microbatch.execute_in_process(
             run_config=microbatch_run_config(offset_range),
             instance=instance,
-            resources={"xmatch": XmatchResource(), "io_manager": mem_io_manager},
+            resources={"xmatch": xmatch, "io_manager": mem_io_manager},
         )
         seconds.append(time.perf_counter() - started)
         if not result.success:

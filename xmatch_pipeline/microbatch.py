@@ -33,12 +33,11 @@ from xmatch_pipeline.bad_input import ScreenedAlert, screen_records
 from xmatch_pipeline.kafka_config import KafkaClientConfig, KafkaOperationError
 from xmatch_pipeline.match import allwise
 from xmatch_pipeline.match.alert_matching import CANDID, BatchMatches, crossmatch_alerts
-from xmatch_pipeline.match.catalog_spec import CatalogSpec
 from xmatch_pipeline.match.engine import CrossmatchEngine
 from xmatch_pipeline.offset_precondition import group_start_problem
 from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.publish.dead_letter import DeadLetter, publish_dead_letter
-from xmatch_pipeline.publish.enriched_alert import Precision, encode_enriched_alert
+from xmatch_pipeline.publish.enriched_alert import encode_enriched_alert
 from xmatch_pipeline.publish.kafka_transaction import (
     MessageTooLargeError,
     TransactionalPublisher,
@@ -54,6 +53,7 @@ from xmatch_pipeline.publish.message_limits import (
 from xmatch_pipeline.read.kafka_offsets import KafkaOffsetsReader
 from xmatch_pipeline.read.kafka_range_reader import KafkaRangeReader, KafkaRecord
 from xmatch_pipeline.read.kafka_reader_pool import KafkaReaderPool
+from xmatch_pipeline.settings import PipelineSettings
 from xmatch_pipeline.store.errors import StoreError
 from xmatch_pipeline.store.match_cache import StoredMatchCache
 from xmatch_pipeline.store.match_writer import (
@@ -75,23 +75,16 @@ StageHook = Callable[[str], None]
 
 @dataclass(frozen=True)
 class MicrobatchConfig:
-    """What a run needs besides the range: the flow's settings, already validated."""
+    """What a run needs besides the range: the validated settings, and what is built from
+    them once per run (the Kafka connections, the step row with the run's date)."""
 
+    settings: PipelineSettings
     kafka: KafkaClientConfig
-    consumer_group_id: str
-    output_topic: str
-    dead_letter_topic: str
-    catalogs: tuple[CatalogSpec, ...]
     step: StepRecord
-    chunk_messages: int = 2_000
-    output_precision: Precision = "double"
-    use_match_cache: bool = False
-    stall_timeout_seconds: float = 60.0
-    #: Bounds each Kafka admin request of a run (group offset, topic limits).
-    kafka_request_timeout_seconds: float = 10.0
     publisher_kafka: KafkaClientConfig | None = None
     """The transactional producer's connection when its credentials differ from the
     reader's (``PRODUCER_KAFKA_…``); None: the same as ``kafka``."""
+    stall_timeout_seconds: float = 60.0
     transaction_timeouts: TransactionTimeouts = field(default_factory=TransactionTimeouts)
 
 
@@ -233,11 +226,11 @@ class MicrobatchRunner:
         # long-lived process's kept reader; by default through clients of this runner's own.
         self._group_offsets = group_offsets or KafkaOffsetsReader(
             config.kafka,
-            config.consumer_group_id,
-            timeout_seconds=config.kafka_request_timeout_seconds,
+            config.settings.consumer_group_id,
+            timeout_seconds=config.settings.consume_timeout_seconds,
         )
-        self.ledger = RangeLedger(database, config.consumer_group_id)
-        self._match_cache = StoredMatchCache(database) if config.use_match_cache else None
+        self.ledger = RangeLedger(database, config.settings.consumer_group_id)
+        self._match_cache = StoredMatchCache(database) if config.settings.use_match_cache else None
         self._stage_hook = stage_hook or (lambda stage: None)
 
     def run(
@@ -305,7 +298,7 @@ class MicrobatchRunner:
         except KafkaOperationError as error:
             raise MicrobatchError(
                 f"{offset_range}: could not read the offset of consumer group "
-                f"{config.consumer_group_id!r} ({error}); a live run must start where the "
+                f"{config.settings.consumer_group_id!r} ({error}); a live run must start where the "
                 "group is, so it does not start without knowing: check the broker, then run "
                 "the range again"
             ) from error
@@ -329,7 +322,7 @@ class MicrobatchRunner:
         """
         transactional_id = (
             transactional_id_for(
-                self.config.consumer_group_id, offset_range.topic, offset_range.partition
+                self.config.settings.consumer_group_id, offset_range.topic, offset_range.partition
             )
             if mode == "live"
             else backfill_transactional_id(offset_range)
@@ -346,7 +339,7 @@ class MicrobatchRunner:
         config = self.config
         # Backfills read under a group of their own: nothing of theirs can ever be
         # committed for the live group.
-        group_id = config.consumer_group_id
+        group_id = config.settings.consumer_group_id
         if run.mode == "backfill":
             group_id = f"{group_id}.backfill"
         reader = self._readers.take(group_id)
@@ -356,9 +349,9 @@ class MicrobatchRunner:
             if run.produce_output:
                 run.limits = read_message_limits(
                     config.kafka,
-                    config.output_topic,
-                    config.dead_letter_topic,
-                    timeout_seconds=config.kafka_request_timeout_seconds,
+                    config.settings.output_topic,
+                    config.settings.dead_letter_topic,
+                    timeout_seconds=config.settings.consume_timeout_seconds,
                     admin=self._group_offsets.admin,
                 )
                 publisher = self._publisher(run.offset_range, run.mode, run.limits)
@@ -367,7 +360,7 @@ class MicrobatchRunner:
                 publisher.init()
                 publisher.begin()
             for records in _timed_iteration(
-                reader.read(run.offset_range, config.chunk_messages), run.report.seconds
+                reader.read(run.offset_range, config.settings.chunk_messages), run.report.seconds
             ):
                 self._process_chunk(run, records, publisher)
             self._stage_hook("produced")
@@ -405,7 +398,7 @@ class MicrobatchRunner:
             matches = crossmatch_alerts(
                 alerts,
                 self.engine,
-                self.config.catalogs,
+                self.config.settings.catalogs,
                 self._match_cache.known_matches if self._match_cache else None,
             )
         report.sent_to_engine += matches.sent_to_engine
@@ -456,7 +449,7 @@ class MicrobatchRunner:
         for dead_letter in dead_letters:
             publish_dead_letter(
                 publisher,
-                config.dead_letter_topic,
+                config.settings.dead_letter_topic,
                 dead_letter,
                 max_record_bytes=run.limits.dead_letter_bytes,
             )
@@ -475,7 +468,7 @@ class MicrobatchRunner:
             value = encode_enriched_alert(
                 screened.alert,
                 matches.xmatches_by_candid.get(screened.candid),
-                precision=config.output_precision,
+                precision=config.settings.output_precision,
             )
         except (ValueError, TypeError, OverflowError) as error:
             return DeadLetter(
@@ -488,12 +481,12 @@ class MicrobatchRunner:
             return DeadLetter(
                 screened.record,
                 f"too large to publish: the enriched alert takes {size} bytes, the output "
-                f"topic {config.output_topic} accepts {run.limits.output_bytes} "
+                f"topic {config.settings.output_topic} accepts {run.limits.output_bytes} "
                 "(max.message.bytes)",
                 "OutputTooLarge",
             )
         try:
-            publisher.produce(config.output_topic, value, key=screened.object_id)
+            publisher.produce(config.settings.output_topic, value, key=screened.object_id)
         except MessageTooLargeError as error:
             return DeadLetter.from_exception(screened.record, error)
         run.report.bytes_out += len(value)

@@ -56,7 +56,7 @@ def kafka_client_config(
     return KafkaClientConfig(
         servers,
         credentials.username,
-        credentials.password.reveal(),
+        credentials.password.get_secret_value(),
         {"ssl.ca.location": str(ca_location)} if ca_location is not None else {},
         credential_variables=f"{variables}_KAFKA_USERNAME and {variables}_KAFKA_PASSWORD",
     )
@@ -157,7 +157,9 @@ class PipelineServices:
     def crossmatch_engine(self) -> CrossmatchEngine:
         if self.settings.engine == "local":
             return LocalCrossmatchEngine(self.settings.local_catalog_directories)
-        return CdsXmatchClient(self.settings.cds, session_factory=self._new_cds_session)
+        return CdsXmatchClient(
+            self.settings.cds.client_settings(), session_factory=self._new_cds_session
+        )
 
     def _new_cds_session(self) -> SlotLimitedSession:
         self.cds_sessions_opened += 1
@@ -176,24 +178,19 @@ class PipelineServices:
         )
 
     def microbatch_config(self) -> MicrobatchConfig:
-        settings = self.settings
+        """The settings and the connections built from them; the step row dated now."""
+        step = self.settings.step
         return MicrobatchConfig(
+            settings=self.settings,
             kafka=self.kafka,
             publisher_kafka=self.publisher_kafka,
-            consumer_group_id=settings.consumer_group_id,
-            output_topic=settings.output_topic,
-            dead_letter_topic=settings.dead_letter_topic,
-            catalogs=settings.catalogs,
             step=StepRecord(
-                step_id=settings.step.step_id,
-                name=settings.step.name,
-                version=settings.step.version,
+                step_id=step.step_id,
+                name=step.name,
+                version=step.version,
                 date=datetime.now(UTC),
-                comments=settings.step.comments or None,
+                comments=step.comments or None,
             ),
-            chunk_messages=settings.chunk_messages,
-            output_precision=settings.output_precision,
-            use_match_cache=settings.use_match_cache,
         )
 
     def runner(self) -> MicrobatchRunner:

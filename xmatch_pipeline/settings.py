@@ -1,20 +1,36 @@
-"""Pipeline settings from environment variables, validated once when the code location loads.
+"""Pipeline settings: every environment variable declared once, as a field of a typed model.
 
-The original step's variable names (``CONSUMER_SERVER``, ``DB_HOST``, ``STEP_ID`` …) keep
-their meaning so that an existing deployment's environment carries over; settings the
-original did not have are prefixed ``XMATCH_``. Every problem is collected and reported at
-once, each naming the variable and what it should look like.
+Each field carries its variable's name (the alias), default, bounds and one line of doc;
+the README's configuration table is generated from them (``settings_table.py``) and the
+tests' list of variables too. The original step's names (``CONSUMER_SERVER``, ``DB_HOST``,
+``STEP_ID`` …) keep their meaning, so an existing deployment's environment carries over;
+settings the original did not have are prefixed ``XMATCH_``. The models are pydantic's,
+validated from a mapping (``os.environ`` in production, a plain dict in tests). Every
+problem is collected and reported at once, each naming the variable and what it should be.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticUndefined
 
 from xmatch_pipeline.match import allwise
 from xmatch_pipeline.match.catalog_spec import CatalogSpec
@@ -32,33 +48,50 @@ EngineName = Literal["cds", "local"]
 OutputPrecision = Literal["double", "float32"]
 
 MINIMUM_SENSOR_INTERVAL_SECONDS = 5
+_CDS_DEFAULTS = CdsClientSettings()
 
 
 class SettingsError(ValueError):
     """One or more settings are missing or malformed; the message lists every one."""
 
 
-class Secret:
-    """A value that must never reach a log, run config or the UI."""
+def setting(
+    name: str,
+    doc: str,
+    default: Any = PydanticUndefined,
+    *,
+    example: str | None = None,
+    default_text: str | None = None,
+    hint: str = "",
+    validate_default: bool | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+) -> Any:
+    """A field read from the variable ``name``: its doc, default and bounds in one place.
 
-    __slots__ = ("_value",)
+    ``example`` goes into the error when a required variable is missing, ``default_text``
+    into the README when the default is computed, ``hint`` after a bound's error.
+    """
+    extra: dict[str, Any] = {"hint": hint}
+    if example is not None:
+        extra["example"] = example
+    if default_text is not None:
+        extra["default_text"] = default_text
+    return Field(
+        default,
+        alias=name,
+        description=doc,
+        json_schema_extra=extra,
+        validate_default=validate_default,
+        ge=ge,
+        le=le,
+    )
 
-    def __init__(self, value: str) -> None:
-        self._value = value
 
-    def reveal(self) -> str:
-        return self._value
+class SettingsGroup(BaseModel):
+    """Settings read from the same flat environment as their parent; frozen once loaded."""
 
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
+    model_config = ConfigDict(frozen=True, extra="ignore", arbitrary_types_allowed=True)
 
 
 @dataclass(frozen=True)
@@ -66,81 +99,173 @@ class KafkaCredentials:
     """SASL_SSL with SCRAM-SHA-512, switched on as in the original by username and password."""
 
     username: str
-    password: Secret
+    password: SecretStr
 
 
-@dataclass(frozen=True)
-class TopicSelection:
+class TopicSelection(SettingsGroup):
     """Which input topics to follow: a fixed list, the original's daily format, or a pattern."""
 
-    topics: tuple[str, ...] = ()
-    daily_format: str | None = None
-    pattern: str | None = None
+    topics: tuple[str, ...] = setting(
+        "CONSUMER_TOPICS", "input topics, comma separated (one of these three)", ()
+    )
+    daily_format: str | None = setting(
+        "TOPIC_STRATEGY_FORMAT",
+        "daily topics, e.g. `ztf_%s_programid1` (UTC date `YYYYMMDD`; yesterday's and "
+        "today's, tomorrow's from 23:00 UTC; a comma-separated list of formats is accepted)",
+        None,
+    )
+    pattern: str | None = setting(
+        "XMATCH_TOPIC_PATTERN", "a regular expression matched against the cluster's topics", None
+    )
+
+    @field_validator("topics", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        return tuple(topics_from_list(value)) if isinstance(value, str) else value
+
+    @field_validator("daily_format")
+    @classmethod
+    def _one_date_per_format(cls, value: str | None) -> str | None:
+        # A comma-separated list of formats is allowed, as read.topic_selection reads it.
+        if value is not None and any(item.count("%s") != 1 for item in topics_from_list(value)):
+            raise ValueError(
+                f"TOPIC_STRATEGY_FORMAT={value!r}: each format must contain '%s' once, where "
+                "the date goes: e.g. ztf_%s_programid1 or ztf_%s_programid1,ztf_%s_programid2"
+            )
+        return value
+
+    @field_validator("pattern")
+    @classmethod
+    def _a_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(
+                    f"XMATCH_TOPIC_PATTERN={value!r} is not a regex: {error}"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TopicSelection:
+        if sum([bool(self.topics), self.daily_format is not None, self.pattern is not None]) != 1:
+            raise ValueError(
+                "set exactly one of CONSUMER_TOPICS (e.g. ztf_20200101_programid1,ztf_20200102_"
+                "programid1), TOPIC_STRATEGY_FORMAT (e.g. ztf_%s_programid1) or "
+                "XMATCH_TOPIC_PATTERN (a regular expression, e.g. ^ztf_\\d{8}_programid1$)"
+            )
+        return self
 
 
-@dataclass(frozen=True)
-class DatabaseSettings:
-    host: str
-    port: int
-    user: str
-    password: Secret
-    name: str
+class DatabaseSettings(SettingsGroup):
+    """The pipeline's PostgreSQL, with the original's ``DB_*`` variables."""
+
+    engine: str = setting("DB_ENGINE", "database engine (`postgres` or `postgresql`)", "postgresql")
+    host: str = setting("DB_HOST", "PostgreSQL host", example="localhost")
+    port: int = setting("DB_PORT", "PostgreSQL port", 5432, ge=1, le=65535)
+    user: str = setting("DB_USER", "PostgreSQL user", example="xmatch")
+    password: SecretStr = setting("DB_PASSWORD", "PostgreSQL password", SecretStr(""))
+    name: str = setting("DB_NAME", "PostgreSQL database", example="xmatch")
+
+    @field_validator("engine")
+    @classmethod
+    def _postgresql(cls, value: str) -> str:
+        if value not in ("postgres", "postgresql"):
+            raise ValueError(f"DB_ENGINE={value!r}: only postgresql is supported")
+        return value
 
     def sqlalchemy_url(self) -> str:
         """The connection URL with the password in it: hand it to SQLAlchemy, never log it."""
         return (
             f"postgresql+psycopg2://{quote(self.user, safe='')}:"
-            f"{quote(self.password.reveal(), safe='')}@{self.host}:{self.port}/{self.name}"
+            f"{quote(self.password.get_secret_value(), safe='')}@{self.host}:{self.port}/"
+            f"{self.name}"
         )
 
     def redacted_url(self) -> str:
         return f"postgresql://{self.user}:********@{self.host}:{self.port}/{self.name}"
 
 
-@dataclass(frozen=True)
-class StepSettings:
-    step_id: str
-    name: str
-    version: str
-    comments: str = ""
+class StepSettings(SettingsGroup):
+    """The ``step`` row, as the original wrote it."""
+
+    step_id: str = setting("STEP_ID", "the `step` row's id", "xmatch")
+    name: str = setting("STEP_NAME", "the `step` row's name", "xmatch")
+    version: str = setting("STEP_VERSION", "the `step` row's version", "dev")
+    comments: str = setting("STEP_COMMENTS", "the `step` row's comments", "")
 
 
-@dataclass(frozen=True)
-class PipelineSettings:
-    """Everything a micro-batch run and the lag sensor need."""
+class CdsSettings(SettingsGroup):
+    """How the CDS XMatch client talks to CDS (``cds_client.CdsClientSettings``)."""
 
-    kafka_bootstrap_servers: str
-    consumer_group_id: str
-    input_topics: TopicSelection
-    output_topic: str
-    dead_letter_topic: str
-    database: DatabaseSettings
-    catalogs: tuple[CatalogSpec, ...]
-    engine: EngineName
-    cds: CdsClientSettings
-    local_catalog_directories: Mapping[str, Path]
-    step: StepSettings
-    consumer_credentials: KafkaCredentials | None = None
-    producer_credentials: KafkaCredentials | None = None
-    metrics_bootstrap_servers: str | None = None
-    metrics_topic: str | None = None
-    metrics_credentials: KafkaCredentials | None = None
-    kafka_ssl_ca_location: Path | None = None
-    """The CA that signed the brokers' certificates (PEM), for a private CA on SASL_SSL;
-    without it librdkafka trusts the system's CAs."""
-    max_messages_per_run: int = 5_000
-    chunk_messages: int = 2_000
-    consume_timeout_seconds: float = 10.0
-    kafka_admin_timeout_seconds: float = 5.0
-    sensor_interval_seconds: int = 30
-    max_run_attempts: int = 3
-    output_precision: OutputPrecision = "double"
-    use_match_cache: bool = True
-    checks: RangeCheckBounds = field(default_factory=RangeCheckBounds)
-    #: Where a failed run is reported besides the log (``failure_alerts``): a Kafka topic
-    #: on the input cluster and/or a webhook that takes a JSON POST.
-    failure_alert_topic: str | None = None
-    failure_webhook_url: str | None = None
+    url: str = setting("XMATCH_CDS_URL", "CDS XMatch sync endpoint", DEFAULT_CDS_XMATCH_URL)
+    connect_timeout_seconds: float = setting(
+        "XMATCH_CDS_CONNECT_TIMEOUT",
+        "seconds to connect to CDS",
+        _CDS_DEFAULTS.connect_timeout_seconds,
+        ge=0.1,
+    )
+    read_timeout_seconds: float = setting(
+        "XMATCH_CDS_READ_TIMEOUT",
+        "seconds CDS may stay silent",
+        _CDS_DEFAULTS.read_timeout_seconds,
+        ge=0.1,
+    )
+    deadline_seconds: float = setting(
+        "XMATCH_CDS_DEADLINE",
+        "seconds one chunk may take, all attempts and the answer's body included",
+        _CDS_DEFAULTS.deadline_seconds,
+        ge=1.0,
+    )
+    chunk_rows: int = setting(
+        "XMATCH_CDS_CHUNK_ROWS", "positions per CDS request", _CDS_DEFAULTS.chunk_rows, ge=1
+    )
+    max_in_flight: int = setting(
+        "XMATCH_CDS_MAX_IN_FLIGHT",
+        "CDS requests at once across the whole fleet (every run on every worker that shares "
+        "the pipeline database; slots are PostgreSQL advisory locks, a killed process frees its "
+        "slot). A run sends its own chunks in parallel up to the same limit; each attempt "
+        "(`RETRIES`) takes a slot of its own, released during the backoff; waiting for a slot "
+        "counts against `XMATCH_CDS_DEADLINE`",
+        _CDS_DEFAULTS.max_in_flight,
+        ge=1,
+        le=MAX_REQUESTS_IN_FLIGHT,
+        hint=": CDS bans addresses that run more jobs in parallel (it asks for one or two)",
+    )
+    retries: int = setting(
+        "RETRIES",
+        "CDS retries after the first attempt (the original's meaning)",
+        _CDS_DEFAULTS.max_attempts - 1,
+        ge=0,
+    )
+    retry_interval_seconds: float = setting(
+        "RETRY_INTERVAL",
+        "first backoff between CDS attempts, in seconds (exponential with jitter)",
+        _CDS_DEFAULTS.backoff_initial_seconds,
+        ge=0.01,
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"XMATCH_CDS_URL={value!r} must be an http(s):// URL")
+        return value
+
+    def client_settings(self) -> CdsClientSettings:
+        """The client's own settings (the original's RETRIES counted retries, not attempts)."""
+        return CdsClientSettings(
+            url=self.url,
+            # One limit for the whole fleet (services.py holds it in the pipeline database);
+            # a run's own chunks may use as many requests at once.
+            max_in_flight=self.max_in_flight,
+            chunk_rows=self.chunk_rows,
+            connect_timeout_seconds=self.connect_timeout_seconds,
+            read_timeout_seconds=self.read_timeout_seconds,
+            deadline_seconds=self.deadline_seconds,
+            max_attempts=self.retries + 1,
+            backoff_initial_seconds=self.retry_interval_seconds,
+        )
 
 
 def _catalog_from_json(entry: object, index: int) -> CatalogSpec:
@@ -159,335 +284,442 @@ def _catalog_from_json(entry: object, index: int) -> CatalogSpec:
     )
 
 
-class _Reader:
-    """Reads variables and collects every problem instead of stopping at the first."""
+def _credentials_pair(prefix: str, info: ValidationInfo, password: SecretStr | None) -> None:
+    username = info.data.get(f"{prefix.lower()}_kafka_username")
+    if (username is None) != (password is None):
+        raise ValueError(
+            f"{prefix}_KAFKA_USERNAME and {prefix}_KAFKA_PASSWORD go together "
+            "(SASL_SSL with SCRAM-SHA-512): set both or neither"
+        )
 
-    def __init__(self, environment: Mapping[str, str]) -> None:
-        self.environment = environment
-        self.problems: list[str] = []
 
-    def text(self, name: str, example: str, default: str | None = None) -> str:
-        value = self.environment.get(name, "").strip()
-        if value:
+_GROUPS = ("input_topics", "database", "step", "cds")
+
+
+class PipelineSettings(SettingsGroup):
+    """Everything a micro-batch run and the lag sensor need, in the order they are checked
+    (a validator may read the fields above it)."""
+
+    kafka_bootstrap_servers: str = setting(
+        "CONSUMER_SERVER", "Kafka bootstrap servers", example="localhost:9092"
+    )
+    producer_server: str | None = setting(
+        "PRODUCER_SERVER",
+        "must equal `CONSUMER_SERVER` if set: exactly-once commits the input offsets in the "
+        "output's transaction, so both must be one cluster",
+        None,
+    )
+    input_topics: TopicSelection
+    consumer_group_id: str = setting(
+        "CONSUMER_GROUP_ID", "the consumer group whose offsets the runs commit", example="xmatch"
+    )
+    output_topic: str = setting("PRODUCER_TOPIC", "output topic", example="xmatch")
+    dead_letter_topic_setting: str | None = setting(
+        "XMATCH_DEAD_LETTER_TOPIC",
+        "dead-letter topic",
+        None,
+        default_text="`<PRODUCER_TOPIC>.dlq`",
+    )
+    consumer_kafka_username: str | None = setting(
+        "CONSUMER_KAFKA_USERNAME",
+        "with `CONSUMER_KAFKA_PASSWORD`, switches on SASL_SSL with SCRAM-SHA-512 for the "
+        "reader (range reads, the sensor's offsets). ACLs: [Kafka security](#kafka-security)",
+        None,
+    )
+    consumer_kafka_password: SecretStr | None = setting(
+        "CONSUMER_KAFKA_PASSWORD", "the reader's SASL password", None, validate_default=True
+    )
+    producer_kafka_username: str | None = setting(
+        "PRODUCER_KAFKA_USERNAME",
+        "the transactional publisher's SASL user (the reader's when unset)",
+        None,
+    )
+    producer_kafka_password: SecretStr | None = setting(
+        "PRODUCER_KAFKA_PASSWORD", "the publisher's SASL password", None, validate_default=True
+    )
+    metrics_kafka_username: str | None = setting(
+        "METRICS_KAFKA_USERNAME", "the metrics message's SASL user", None
+    )
+    metrics_kafka_password: SecretStr | None = setting(
+        "METRICS_KAFKA_PASSWORD", "the metrics message's SASL password", None, validate_default=True
+    )
+    kafka_ssl_ca_location: Path | None = setting(
+        "XMATCH_KAFKA_SSL_CA_LOCATION",
+        "the CA certificate (PEM) that signed the brokers' certificates, for a private CA on "
+        "SASL_SSL (librdkafka's `ssl.ca.location`); only with credentials",
+        None,
+        default_text="the system's CAs",
+    )
+    database: DatabaseSettings
+    step: StepSettings
+    metrics_host: str | None = setting(
+        "METRICS_HOST",
+        "Kafka servers of the original's metrics message",
+        None,
+        default_text="`CONSUMER_SERVER`",
+    )
+    metrics_topic: str | None = setting(
+        "METRICS_TOPIC", "topic of the original's metrics message (none: not sent)", None
+    )
+    engine: EngineName = setting("XMATCH_ENGINE", "`cds` (as the original) or `local`", "cds")
+    cds: CdsSettings
+    catalogs: tuple[CatalogSpec, ...] = setting(
+        "XMATCH_CATALOGS",
+        'JSON array of catalogs (the original\'s array): `[{"name": "allwise", "columns": '
+        '[...], "radius_arcsec": 1.0, "selection": "best"}]`',
+        (allwise.ALLWISE_SPEC,),
+        default_text="ALLWISE, 1″, best",
+    )
+    local_catalog_directories: dict[str, Path] = setting(
+        "XMATCH_LOCAL_CATALOGS",
+        "local indexes, `name=dir,…` (e.g. `allwise=/data/allwise-index`)",
+        "",
+        default_text="",
+        validate_default=True,
+    )
+    use_match_cache: bool = setting(
+        "XMATCH_MATCH_CACHE",
+        "reuse stored matches of already-matched objects instead of asking the engine again "
+        "(the distance is recomputed for the alert's own position)",
+        None,
+        default_text="on for `cds`, off for `local`",
+        validate_default=True,
+    )
+    consume_messages: int = setting(
+        "CONSUME_MESSAGES",
+        "the original's batch size: the default of `XMATCH_MAX_MESSAGES_PER_RUN`",
+        5_000,
+        ge=1,
+    )
+    max_messages_per_run: int = setting(
+        "XMATCH_MAX_MESSAGES_PER_RUN",
+        "offsets per run",
+        None,
+        default_text="`CONSUME_MESSAGES`",
+        validate_default=True,
+        ge=1,
+    )
+    chunk_messages: int = setting(
+        "XMATCH_CHUNK_MESSAGES", "messages per chunk inside a run (bounds memory)", 2_000, ge=1
+    )
+    consume_timeout_seconds: float = setting(
+        "CONSUME_TIMEOUT",
+        "seconds a run waits for each Kafka request it makes besides reading (the group's "
+        "offset, the topics' size limits)",
+        10.0,
+        ge=0.1,
+    )
+    kafka_admin_timeout_seconds: float = setting(
+        "XMATCH_KAFKA_TIMEOUT", "seconds the sensor waits for offsets", 5.0, ge=0.1
+    )
+    sensor_interval_seconds: int = setting(
+        "XMATCH_SENSOR_INTERVAL_SECONDS", "sensor interval", 30, ge=MINIMUM_SENSOR_INTERVAL_SECONDS
+    )
+    max_run_attempts: int = setting(
+        "XMATCH_MAX_RUN_ATTEMPTS",
+        "attempts per range before the partition waits for an operator",
+        3,
+        ge=1,
+    )
+    output_precision: OutputPrecision = setting(
+        "XMATCH_OUTPUT_PRECISION",
+        "`double` (lossless) or `float32` (the original schema's type)",
+        "double",
+        hint=" ('float32': the original schema's 32-bit floats, for strict compatibility)",
+    )
+    enable_partition_eof: str | None = setting(
+        "ENABLE_PARTITION_EOF",
+        "accepted and ignored: a run always ends at its range's end offset",
+        None,
+    )
+    check_min_match_rate: float = setting(
+        "XMATCH_CHECK_MIN_MATCH_RATE",
+        "asset check: the lowest share of a range's decoded alerts with a match (a sudden "
+        "drop flags a broken catalog or CDS)",
+        0.0,
+        ge=0.0,
+        le=1.0,
+    )
+    check_max_match_rate: float = setting(
+        "XMATCH_CHECK_MAX_MATCH_RATE",
+        "asset check: the highest share of a range's decoded alerts with a match",
+        1.0,
+        ge=0.0,
+        le=1.0,
+    )
+    check_max_lag: int = setting(
+        "XMATCH_CHECK_MAX_LAG",
+        "asset check: the most messages a partition may still lag after a run (freshness)",
+        100_000,
+        ge=0,
+    )
+    failure_alert_topic: str | None = setting(
+        "XMATCH_FAILURE_TOPIC",
+        "Kafka topic (input cluster) that gets each failed run as JSON; unset: only logged",
+        None,
+    )
+    failure_webhook_url: str | None = setting(
+        "XMATCH_FAILURE_WEBHOOK_URL",
+        "URL that gets each failed run as a JSON POST; unset: none",
+        None,
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_flat_environment(cls, data: object) -> object:
+        """Blank values count as unset; each group reads the same flat variables."""
+        if not isinstance(data, Mapping):
+            return data
+        known = set(setting_names())
+        flat = {
+            name: value.strip()
+            for name, value in data.items()
+            if name in known and isinstance(value, str) and value.strip()
+        }
+        return {**flat, **dict.fromkeys(_GROUPS, flat)}
+
+    @field_validator("producer_server")
+    @classmethod
+    def _same_cluster(cls, value: str | None, info: ValidationInfo) -> str | None:
+        consumer = info.data.get("kafka_bootstrap_servers")
+        if value is not None and consumer is not None and value != consumer:
+            raise ValueError(
+                f"PRODUCER_SERVER={value!r} differs from CONSUMER_SERVER={consumer!r}: "
+                "exactly-once commits the input offsets in the output's Kafka transaction, so "
+                "both must be the same cluster (unset PRODUCER_SERVER)"
+            )
+        return value
+
+    @field_validator("consumer_kafka_password")
+    @classmethod
+    def _consumer_pair(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        _credentials_pair("CONSUMER", info, value)
+        return value
+
+    @field_validator("producer_kafka_password")
+    @classmethod
+    def _producer_pair(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        _credentials_pair("PRODUCER", info, value)
+        return value
+
+    @field_validator("metrics_kafka_password")
+    @classmethod
+    def _metrics_pair(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        _credentials_pair("METRICS", info, value)
+        return value
+
+    @field_validator("kafka_ssl_ca_location")
+    @classmethod
+    def _pem_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        raw = str(value)
+        location = value.expanduser()
+        if not any(
+            info.data.get(f"{prefix}_kafka_username")
+            for prefix in ("consumer", "producer", "metrics")
+        ):
+            raise ValueError(
+                f"XMATCH_KAFKA_SSL_CA_LOCATION={raw!r} is set but no Kafka credentials are: TLS "
+                "is used only with SASL_SSL (set CONSUMER_KAFKA_USERNAME and _PASSWORD) or unset it"
+            )
+        try:
+            content = location.read_text(errors="replace")
+        except OSError as error:
+            raise ValueError(
+                f"XMATCH_KAFKA_SSL_CA_LOCATION={raw!r} cannot be read ({error.strerror}): give "
+                "the path of the CA certificate (PEM) that signed the brokers' certificates"
+            ) from None
+        if "-----BEGIN CERTIFICATE-----" not in content:
+            raise ValueError(
+                f"XMATCH_KAFKA_SSL_CA_LOCATION={raw!r} holds no PEM certificate ('-----BEGIN "
+                "CERTIFICATE-----'): give the CA certificate that signed the brokers' certificates"
+            )
+        return location
+
+    @field_validator("catalogs", mode="before")
+    @classmethod
+    def _catalogs_json(cls, value: object) -> object:
+        if not isinstance(value, str):
             return value
-        if default is not None:
-            return default
-        self.problems.append(f"{name} is not set: set it to e.g. {example}")
-        return ""
-
-    def optional(self, name: str) -> str | None:
-        value = self.environment.get(name, "").strip()
-        return value or None
-
-    def integer(self, name: str, default: int, minimum: int = 0) -> int:
-        raw = self.optional(name)
-        if raw is None:
-            return default
         try:
-            value = int(raw)
-        except ValueError:
-            self.problems.append(f"{name}={raw!r} is not a whole number")
-            return default
-        if value < minimum:
-            self.problems.append(f"{name}={value} must be at least {minimum}")
-            return default
-        return value
+            entries = json.loads(value)
+            if not isinstance(entries, list) or not entries:
+                raise ValueError("must be a non-empty JSON array")
+            return tuple(_catalog_from_json(entry, index) for index, entry in enumerate(entries))
+        except ValueError as error:
+            raise ValueError(
+                f"XMATCH_CATALOGS is malformed ({error}); expected e.g. "
+                '[{"name": "allwise", "columns": ["AllWISE", "RAJ2000", "DEJ2000", "W1mag"], '
+                '"radius_arcsec": 1.0, "selection": "best"}]'
+            ) from None
 
-    def number(self, name: str, default: float, minimum: float = 0.0) -> float:
-        raw = self.optional(name)
-        if raw is None:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            self.problems.append(f"{name}={raw!r} is not a number")
-            return default
-        if not value >= minimum:
-            self.problems.append(f"{name}={value} must be at least {minimum}")
-            return default
-        return value
-
-    def boolean(self, name: str, default: bool) -> bool:
-        raw = self.optional(name)
-        if raw is None:
-            return default
-        lowered = raw.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        self.problems.append(f"{name}={raw!r} must be true or false")
-        return default
-
-    def credentials(self, prefix: str) -> KafkaCredentials | None:
-        username = self.optional(f"{prefix}_KAFKA_USERNAME")
-        password = self.optional(f"{prefix}_KAFKA_PASSWORD")
-        if username is None and password is None:
-            return None
-        if username is None or password is None:
-            self.problems.append(
-                f"{prefix}_KAFKA_USERNAME and {prefix}_KAFKA_PASSWORD go together "
-                "(SASL_SSL with SCRAM-SHA-512): set both or neither"
-            )
-            return None
-        return KafkaCredentials(username, Secret(password))
-
-
-def _ssl_ca_location(reader: _Reader, *credentials: KafkaCredentials | None) -> Path | None:
-    raw = reader.optional("XMATCH_KAFKA_SSL_CA_LOCATION")
-    if raw is None:
-        return None
-    location = Path(raw).expanduser()
-    if all(credential is None for credential in credentials):
-        reader.problems.append(
-            f"XMATCH_KAFKA_SSL_CA_LOCATION={raw!r} is set but no Kafka credentials are: TLS is "
-            "used only with SASL_SSL (set CONSUMER_KAFKA_USERNAME and _PASSWORD) or unset it"
-        )
-        return None
-    try:
-        content = location.read_text(errors="replace")
-    except OSError as error:
-        reader.problems.append(
-            f"XMATCH_KAFKA_SSL_CA_LOCATION={raw!r} cannot be read ({error.strerror}): give "
-            "the path of the CA certificate (PEM) that signed the brokers' certificates"
-        )
-        return None
-    if "-----BEGIN CERTIFICATE-----" not in content:
-        reader.problems.append(
-            f"XMATCH_KAFKA_SSL_CA_LOCATION={raw!r} holds no PEM certificate ('-----BEGIN "
-            "CERTIFICATE-----'): give the CA certificate that signed the brokers' certificates"
-        )
-        return None
-    return location
-
-
-def _topic_selection(reader: _Reader) -> TopicSelection:
-    topics = tuple(topics_from_list(reader.optional("CONSUMER_TOPICS") or ""))
-    daily_format = reader.optional("TOPIC_STRATEGY_FORMAT")
-    pattern = reader.optional("XMATCH_TOPIC_PATTERN")
-    chosen = [bool(topics), daily_format is not None, pattern is not None]
-    if sum(chosen) != 1:
-        reader.problems.append(
-            "set exactly one of CONSUMER_TOPICS (e.g. ztf_20200101_programid1,ztf_20200102_"
-            "programid1), TOPIC_STRATEGY_FORMAT (e.g. ztf_%s_programid1) or "
-            "XMATCH_TOPIC_PATTERN (a regular expression, e.g. ^ztf_\\d{8}_programid1$)"
-        )
-    # A comma-separated list of formats is allowed, as read.topic_selection reads it.
-    if daily_format is not None and any(
-        item.count("%s") != 1 for item in topics_from_list(daily_format)
-    ):
-        reader.problems.append(
-            f"TOPIC_STRATEGY_FORMAT={daily_format!r}: each format must contain '%s' once, "
-            "where the date goes: e.g. ztf_%s_programid1 or ztf_%s_programid1,ztf_%s_programid2"
-        )
-    if pattern is not None:
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            reader.problems.append(f"XMATCH_TOPIC_PATTERN={pattern!r} is not a regex: {error}")
-    return TopicSelection(topics=topics, daily_format=daily_format, pattern=pattern)
-
-
-def _catalogs(reader: _Reader) -> tuple[CatalogSpec, ...]:
-    raw = reader.optional("XMATCH_CATALOGS")
-    if raw is None:
-        return (allwise.ALLWISE_SPEC,)
-    try:
-        entries = json.loads(raw)
-        if not isinstance(entries, list) or not entries:
-            raise ValueError("must be a non-empty JSON array")
-        return tuple(_catalog_from_json(entry, index) for index, entry in enumerate(entries))
-    except ValueError as error:
-        reader.problems.append(
-            f"XMATCH_CATALOGS is malformed ({error}); expected e.g. "
-            '[{"name": "allwise", "columns": ["AllWISE", "RAJ2000", "DEJ2000", "W1mag"], '
-            '"radius_arcsec": 1.0, "selection": "best"}]'
-        )
-        return ()
-
-
-def _local_catalogs(reader: _Reader) -> dict[str, Path]:
-    raw = reader.optional("XMATCH_LOCAL_CATALOGS")
-    directories: dict[str, Path] = {}
-    if raw is None:
+    @field_validator("local_catalog_directories", mode="before")
+    @classmethod
+    def _name_equals_directory(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        directories: dict[str, Path] = {}
+        if value:
+            for item in value.split(","):
+                name, separator, directory = item.partition("=")
+                if not separator or not name.strip() or not directory.strip():
+                    raise ValueError(
+                        f"XMATCH_LOCAL_CATALOGS item {item!r} must look like NAME=DIRECTORY, "
+                        "e.g. allwise=/data/allwise-index"
+                    )
+                directories[name.strip()] = Path(directory.strip())
+        if info.data.get("engine") == "local":
+            _check_local_indexes(directories, info.data.get("catalogs", ()))
         return directories
-    for item in raw.split(","):
-        name, separator, directory = item.partition("=")
-        if not separator or not name.strip() or not directory.strip():
-            reader.problems.append(
-                f"XMATCH_LOCAL_CATALOGS item {item!r} must look like NAME=DIRECTORY, "
-                "e.g. allwise=/data/allwise-index"
+
+    @field_validator("use_match_cache", mode="before")
+    @classmethod
+    def _cache_where_calls_are_remote(cls, value: object, info: ValidationInfo) -> object:
+        # Worth it where every call is remote (CDS); a local index is faster than the lookup.
+        return info.data.get("engine", "cds") == "cds" if value is None else value
+
+    @field_validator("max_messages_per_run", mode="before")
+    @classmethod
+    def _the_originals_batch_size(cls, value: object, info: ValidationInfo) -> object:
+        return info.data.get("consume_messages", 5_000) if value is None else value
+
+    @field_validator("check_max_match_rate")
+    @classmethod
+    def _rates_in_order(cls, value: float, info: ValidationInfo) -> float:
+        low = info.data.get("check_min_match_rate", 0.0)
+        if low > value:
+            raise ValueError(
+                f"XMATCH_CHECK_MIN_MATCH_RATE={low} and XMATCH_CHECK_MAX_MATCH_RATE={value}: "
+                "need 0 <= min <= max <= 1 (shares of decoded alerts with a match, e.g. 0.5 and 1)"
             )
-            continue
-        directories[name.strip()] = Path(directory.strip())
-    return directories
+        return value
+
+    @field_validator("failure_webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"XMATCH_FAILURE_WEBHOOK_URL={value!r} must be an http:// or https:// URL")
+        return value
+
+    @property
+    def checks(self) -> RangeCheckBounds:
+        """The bounds of the range's asset checks."""
+        return RangeCheckBounds(
+            min_match_rate=self.check_min_match_rate,
+            max_match_rate=self.check_max_match_rate,
+            max_lag=self.check_max_lag,
+        )
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return dead_letter_topic_for(self.output_topic, self.dead_letter_topic_setting)
+
+    @property
+    def metrics_bootstrap_servers(self) -> str | None:
+        if self.metrics_topic is None:
+            return self.metrics_host
+        return self.metrics_host or self.kafka_bootstrap_servers
+
+    @property
+    def consumer_credentials(self) -> KafkaCredentials | None:
+        return _credentials(self.consumer_kafka_username, self.consumer_kafka_password)
+
+    @property
+    def producer_credentials(self) -> KafkaCredentials | None:
+        return _credentials(self.producer_kafka_username, self.producer_kafka_password)
+
+    @property
+    def metrics_credentials(self) -> KafkaCredentials | None:
+        return _credentials(self.metrics_kafka_username, self.metrics_kafka_password)
+
+
+def _credentials(username: str | None, password: SecretStr | None) -> KafkaCredentials | None:
+    if username is None or password is None:
+        return None
+    return KafkaCredentials(username, password)
+
+
+def _check_local_indexes(directories: Mapping[str, Path], catalogs: object) -> None:
+    """Checked here so that a wrong path stops the code location, not every run."""
+    problems: list[str] = []
+    names = (
+        [c.name for c in catalogs if isinstance(c, CatalogSpec)]
+        if isinstance(catalogs, tuple)
+        else []
+    )
+    missing = [name for name in names if name not in directories]
+    if missing:
+        problems.append(
+            f"XMATCH_ENGINE=local needs an index for every catalog; missing {missing}: build "
+            "one with 'xmatch-pipeline catalog build' and set "
+            "XMATCH_LOCAL_CATALOGS=allwise=/path/to/index"
+        )
+    for name, directory in directories.items():
+        if not (directory / MANIFEST_FILE).is_file():
+            problems.append(
+                f"XMATCH_LOCAL_CATALOGS {name}={directory}: no catalog index there "
+                f"({MANIFEST_FILE} missing); build one with 'xmatch-pipeline catalog build'"
+            )
+    if problems:
+        raise ValueError("\n- ".join(problems))
+
+
+def declared_settings(model: type[BaseModel] = PipelineSettings) -> Iterator[FieldInfo]:
+    """Every variable's field, in declaration order, groups expanded where they stand."""
+    for field in model.model_fields.values():
+        group = field.annotation
+        if isinstance(group, type) and issubclass(group, SettingsGroup):
+            yield from declared_settings(group)
+        elif field.alias is not None:
+            yield field
+
+
+def setting_names() -> tuple[str, ...]:
+    """The names of every variable the pipeline reads."""
+    return tuple(field.alias for field in declared_settings() if field.alias is not None)
+
+
+def _extra(field: FieldInfo) -> dict[str, Any]:
+    extra = field.json_schema_extra
+    return extra if isinstance(extra, dict) else {}
+
+
+def _problem(error: ErrorDetails, fields: Mapping[str, FieldInfo]) -> str:
+    """One line naming the variable, the value given and what it should be."""
+    name = next((str(part) for part in reversed(error["loc"]) if str(part) in fields), "")
+    field = fields.get(name)
+    extra = _extra(field) if field is not None else {}
+    value = error.get("input")
+    context = error.get("ctx", {})
+    kind = error["type"]
+    if kind == "missing":
+        return f"{name} is not set: set it to e.g. {extra.get('example', '…')}"
+    if kind == "value_error":
+        return str(context.get("error", error["msg"]))
+    if kind in ("int_parsing", "int_from_float"):
+        return f"{name}={value!r} is not a whole number"
+    if kind == "float_parsing":
+        return f"{name}={value!r} is not a number"
+    if kind == "bool_parsing":
+        return f"{name}={value!r} must be true or false"
+    if kind == "literal_error":
+        return f"{name}={value!r} must be {context.get('expected')}{extra.get('hint', '')}"
+    if kind in ("greater_than_equal", "greater_than"):
+        return f"{name}={value} must be at least {context.get('ge', context.get('gt'))}"
+    if kind in ("less_than_equal", "less_than"):
+        bound = context.get("le", context.get("lt"))
+        return f"{name}={value} must be at most {bound}{extra.get('hint', '')}"
+    return f"{name}: {error['msg']}"
 
 
 def load_settings(environment: Mapping[str, str]) -> PipelineSettings:
     """Build and validate the settings; raise SettingsError listing every problem."""
-    reader = _Reader(environment)
-    consumer_server = reader.text("CONSUMER_SERVER", "localhost:9092")
-    producer_server = reader.optional("PRODUCER_SERVER")
-    if producer_server is not None and consumer_server and producer_server != consumer_server:
-        reader.problems.append(
-            f"PRODUCER_SERVER={producer_server!r} differs from CONSUMER_SERVER="
-            f"{consumer_server!r}: exactly-once commits the input offsets in the output's "
-            "Kafka transaction, so both must be the same cluster (unset PRODUCER_SERVER)"
-        )
-    engine = reader.text("XMATCH_ENGINE", "cds", default="cds")
-    if engine not in ("cds", "local"):
-        reader.problems.append(f"XMATCH_ENGINE={engine!r} must be 'cds' or 'local'")
-    precision = reader.text("XMATCH_OUTPUT_PRECISION", "double", default="double")
-    if precision not in ("double", "float32"):
-        reader.problems.append(
-            f"XMATCH_OUTPUT_PRECISION={precision!r} must be 'double' (default, lossless) or "
-            "'float32' (the original schema's 32-bit floats, for strict compatibility)"
-        )
-    db_engine = reader.text("DB_ENGINE", "postgresql", default="postgresql")
-    if db_engine not in ("postgres", "postgresql"):
-        reader.problems.append(f"DB_ENGINE={db_engine!r}: only postgresql is supported")
-    database = DatabaseSettings(
-        host=reader.text("DB_HOST", "localhost"),
-        port=reader.integer("DB_PORT", 5432, minimum=1),
-        user=reader.text("DB_USER", "xmatch"),
-        password=Secret(reader.text("DB_PASSWORD", "a password", default="")),
-        name=reader.text("DB_NAME", "xmatch"),
-    )
-    output_topic = reader.text("PRODUCER_TOPIC", "xmatch")
-    cds_url = reader.text("XMATCH_CDS_URL", DEFAULT_CDS_XMATCH_URL, default=DEFAULT_CDS_XMATCH_URL)
-    if not cds_url.startswith(("http://", "https://")):
-        reader.problems.append(f"XMATCH_CDS_URL={cds_url!r} must be an http(s):// URL")
-        cds_url = DEFAULT_CDS_XMATCH_URL
-    defaults = CdsClientSettings()
-    max_in_flight = reader.integer("XMATCH_CDS_MAX_IN_FLIGHT", defaults.max_in_flight, 1)
-    if max_in_flight > MAX_REQUESTS_IN_FLIGHT:
-        reader.problems.append(
-            f"XMATCH_CDS_MAX_IN_FLIGHT={max_in_flight} must be at most "
-            f"{MAX_REQUESTS_IN_FLIGHT}: CDS bans addresses that run more jobs in parallel "
-            "(it asks for one or two)"
-        )
-        max_in_flight = defaults.max_in_flight
-    cds = CdsClientSettings(
-        url=cds_url,
-        # One limit for the whole fleet (services.py holds it in the pipeline database);
-        # a run's own chunks may use as many requests at once.
-        max_in_flight=max_in_flight,
-        chunk_rows=reader.integer("XMATCH_CDS_CHUNK_ROWS", defaults.chunk_rows, minimum=1),
-        connect_timeout_seconds=reader.number(
-            "XMATCH_CDS_CONNECT_TIMEOUT", defaults.connect_timeout_seconds, minimum=0.1
-        ),
-        read_timeout_seconds=reader.number(
-            "XMATCH_CDS_READ_TIMEOUT", defaults.read_timeout_seconds, minimum=0.1
-        ),
-        deadline_seconds=reader.number(
-            "XMATCH_CDS_DEADLINE", defaults.deadline_seconds, minimum=1.0
-        ),
-        # The original's RETRIES counted retries after the first attempt.
-        max_attempts=reader.integer("RETRIES", defaults.max_attempts - 1, minimum=0) + 1,
-        backoff_initial_seconds=reader.number(
-            "RETRY_INTERVAL", defaults.backoff_initial_seconds, minimum=0.01
-        ),
-    )
-    local_directories = _local_catalogs(reader)
-    catalogs = _catalogs(reader)
-    if engine == "local":
-        missing = [c.name for c in catalogs if c.name not in local_directories]
-        if missing:
-            reader.problems.append(
-                f"XMATCH_ENGINE=local needs an index for every catalog; missing {missing}: "
-                "build one with 'xmatch-pipeline catalog build' and set "
-                "XMATCH_LOCAL_CATALOGS=allwise=/path/to/index"
-            )
-        # Checked here so that a wrong path stops the code location, not every run.
-        for name, directory in local_directories.items():
-            if not (directory / MANIFEST_FILE).is_file():
-                reader.problems.append(
-                    f"XMATCH_LOCAL_CATALOGS {name}={directory}: no catalog index there "
-                    f"({MANIFEST_FILE} missing); build one with 'xmatch-pipeline catalog build'"
-                )
-    sensor_interval = reader.integer(
-        "XMATCH_SENSOR_INTERVAL_SECONDS", 30, minimum=MINIMUM_SENSOR_INTERVAL_SECONDS
-    )
-    consumer_credentials = reader.credentials("CONSUMER")
-    producer_credentials = reader.credentials("PRODUCER")
-    metrics_credentials = reader.credentials("METRICS")
-    ca_location = _ssl_ca_location(
-        reader, consumer_credentials, producer_credentials, metrics_credentials
-    )
-    max_messages = reader.integer(
-        "XMATCH_MAX_MESSAGES_PER_RUN", reader.integer("CONSUME_MESSAGES", 5_000, 1), 1
-    )
-    settings = PipelineSettings(
-        kafka_bootstrap_servers=consumer_server,
-        consumer_group_id=reader.text("CONSUMER_GROUP_ID", "xmatch"),
-        input_topics=_topic_selection(reader),
-        output_topic=output_topic,
-        dead_letter_topic=dead_letter_topic_for(
-            output_topic, reader.optional("XMATCH_DEAD_LETTER_TOPIC")
-        ),
-        database=database,
-        catalogs=catalogs,
-        engine="local" if engine == "local" else "cds",
-        cds=cds,
-        local_catalog_directories=local_directories,
-        step=StepSettings(
-            step_id=reader.text("STEP_ID", "xmatch", default="xmatch"),
-            name=reader.text("STEP_NAME", "xmatch", default="xmatch"),
-            version=reader.text("STEP_VERSION", "1.0.0", default="dev"),
-            comments=reader.text("STEP_COMMENTS", "", default=""),
-        ),
-        consumer_credentials=consumer_credentials,
-        producer_credentials=producer_credentials,
-        metrics_bootstrap_servers=reader.optional("METRICS_HOST"),
-        metrics_topic=reader.optional("METRICS_TOPIC"),
-        metrics_credentials=metrics_credentials,
-        kafka_ssl_ca_location=ca_location,
-        max_messages_per_run=max_messages,
-        chunk_messages=reader.integer("XMATCH_CHUNK_MESSAGES", 2_000, minimum=1),
-        consume_timeout_seconds=reader.number("CONSUME_TIMEOUT", 10.0, minimum=0.1),
-        kafka_admin_timeout_seconds=reader.number("XMATCH_KAFKA_TIMEOUT", 5.0, minimum=0.1),
-        sensor_interval_seconds=sensor_interval,
-        max_run_attempts=reader.integer("XMATCH_MAX_RUN_ATTEMPTS", 3, minimum=1),
-        output_precision="float32" if precision == "float32" else "double",
-        # Worth it where every call is remote (CDS); a local index is faster than the lookup.
-        use_match_cache=reader.boolean("XMATCH_MATCH_CACHE", engine == "cds"),
-        checks=_check_bounds(reader),
-        failure_alert_topic=reader.optional("XMATCH_FAILURE_TOPIC"),
-        failure_webhook_url=_webhook_url(reader),
-    )
-    if settings.metrics_topic is not None and settings.metrics_bootstrap_servers is None:
-        settings = _replace_metrics_host(settings, consumer_server)
-    if reader.problems:
+    try:
+        return PipelineSettings.model_validate(environment)
+    except ValidationError as error:
+        fields = {field.alias: field for field in declared_settings() if field.alias}
+        problems = [_problem(detail, fields) for detail in error.errors()]
         raise SettingsError(
-            "xmatch_pipeline settings are not valid:\n- " + "\n- ".join(reader.problems)
-        )
-    return settings
-
-
-def _check_bounds(reader: _Reader) -> RangeCheckBounds:
-    low = reader.number("XMATCH_CHECK_MIN_MATCH_RATE", 0.0, minimum=0.0)
-    high = reader.number("XMATCH_CHECK_MAX_MATCH_RATE", 1.0, minimum=0.0)
-    if high > 1.0 or low > high:
-        reader.problems.append(
-            f"XMATCH_CHECK_MIN_MATCH_RATE={low} and XMATCH_CHECK_MAX_MATCH_RATE={high}: need "
-            "0 <= min <= max <= 1 (shares of decoded alerts with a match, e.g. 0.5 and 1)"
-        )
-        low, high = 0.0, 1.0
-    max_lag = reader.integer("XMATCH_CHECK_MAX_LAG", 100_000, minimum=0)
-    return RangeCheckBounds(min_match_rate=low, max_match_rate=high, max_lag=max_lag)
-
-
-def _webhook_url(reader: _Reader) -> str | None:
-    url = reader.optional("XMATCH_FAILURE_WEBHOOK_URL")
-    if url is not None and not url.startswith(("http://", "https://")):
-        reader.problems.append(
-            f"XMATCH_FAILURE_WEBHOOK_URL={url!r} must be an http:// or https:// URL"
-        )
-        return None
-    return url
-
-
-def _replace_metrics_host(settings: PipelineSettings, host: str) -> PipelineSettings:
-    from dataclasses import replace
-
-    return replace(settings, metrics_bootstrap_servers=host)
+            "xmatch_pipeline settings are not valid:\n- " + "\n- ".join(problems)
+        ) from None

@@ -237,13 +237,14 @@ def assert_nothing_stored(database_url: str) -> None:
     assert not snapshot.allwise
 
 
-def run_microbatch_job(offset_range: OffsetRange) -> Any:
-    """The Dagster job over one range, settings from ``os.environ``; the result."""
+def run_microbatch_job(offset_range: OffsetRange, environment: Mapping[str, str]) -> Any:
+    """The Dagster job over one range, with the settings of ``environment``; the result."""
     from xmatch_pipeline.orchestration.jobs import microbatch_run_config, xmatch_microbatch
     from xmatch_pipeline.orchestration.resources import XmatchResource
+    from xmatch_pipeline.settings import load_settings
 
     return xmatch_microbatch.execute_in_process(
         run_config=microbatch_run_config(offset_range),
-        resources={"xmatch": XmatchResource()},
+        resources={"xmatch": XmatchResource(load_settings(environment))},
         raise_on_error=False,
     )

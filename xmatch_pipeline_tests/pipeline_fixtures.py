@@ -1,15 +1,14 @@
 """Shared helpers for the pipeline tests: environments, topics, the sensor → job loop, readers.
 
-Everything runs against the devstack's real Kafka and PostgreSQL. The pipeline reads its
-settings from the environment (as in production), so a test builds an environment dict and
-applies it with ``monkeypatch``; the sensor and the jobs then run in process on one Dagster
+Everything runs against the devstack's real Kafka and PostgreSQL. A test builds an
+environment dict (the variables a deployment sets), loads settings from it and hands the
+resource built from them to the sensor and the jobs, which run in process on one Dagster
 instance, the way the daemon would drive them, including its run-key dedupe.
 """
 
 from __future__ import annotations
 
 import csv
-import os
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from dagster import (
@@ -42,67 +40,14 @@ from xmatch_pipeline.orchestration.partitions import OFFSET_RANGES_NAME
 from xmatch_pipeline.orchestration.resources import XmatchResource
 from xmatch_pipeline.orchestration.sensors import build_kafka_lag_sensor
 from xmatch_pipeline.publish.kafka_transaction import TransactionalPublisher
+from xmatch_pipeline.settings import load_settings, setting_names
 
 RUN_KEY_TAG = "dagster/run_key"
 #: As the code location binds them (definitions.py): reports stay in memory between ops.
 JOB_RESOURCES = {"io_manager": mem_io_manager}
 
-#: Every variable ``load_settings`` reads: cleared before a test sets its own.
-SETTING_NAMES = (
-    "CONSUMER_SERVER",
-    "CONSUMER_TOPICS",
-    "TOPIC_STRATEGY_FORMAT",
-    "XMATCH_TOPIC_PATTERN",
-    "CONSUMER_GROUP_ID",
-    "CONSUME_TIMEOUT",
-    "CONSUME_MESSAGES",
-    "ENABLE_PARTITION_EOF",
-    "PRODUCER_SERVER",
-    "PRODUCER_TOPIC",
-    "METRICS_HOST",
-    "METRICS_TOPIC",
-    "DB_ENGINE",
-    "DB_HOST",
-    "DB_USER",
-    "DB_PASSWORD",
-    "DB_PORT",
-    "DB_NAME",
-    "STEP_ID",
-    "STEP_NAME",
-    "STEP_VERSION",
-    "STEP_COMMENTS",
-    "RETRIES",
-    "RETRY_INTERVAL",
-    "CONSUMER_KAFKA_USERNAME",
-    "CONSUMER_KAFKA_PASSWORD",
-    "PRODUCER_KAFKA_USERNAME",
-    "PRODUCER_KAFKA_PASSWORD",
-    "METRICS_KAFKA_USERNAME",
-    "METRICS_KAFKA_PASSWORD",
-    "XMATCH_ENGINE",
-    "XMATCH_OUTPUT_PRECISION",
-    "XMATCH_CDS_URL",
-    "XMATCH_CDS_CHUNK_ROWS",
-    "XMATCH_CDS_CONNECT_TIMEOUT",
-    "XMATCH_CDS_READ_TIMEOUT",
-    "XMATCH_CDS_DEADLINE",
-    "XMATCH_CDS_MAX_IN_FLIGHT",
-    "XMATCH_LOCAL_CATALOGS",
-    "XMATCH_CATALOGS",
-    "XMATCH_DEAD_LETTER_TOPIC",
-    "XMATCH_SENSOR_INTERVAL_SECONDS",
-    "XMATCH_MAX_MESSAGES_PER_RUN",
-    "XMATCH_CHUNK_MESSAGES",
-    "XMATCH_KAFKA_TIMEOUT",
-    "XMATCH_MAX_RUN_ATTEMPTS",
-    "XMATCH_MATCH_CACHE",
-    "XMATCH_KAFKA_SSL_CA_LOCATION",
-    "XMATCH_CHECK_MIN_MATCH_RATE",
-    "XMATCH_CHECK_MAX_MATCH_RATE",
-    "XMATCH_CHECK_MAX_LAG",
-    "XMATCH_FAILURE_TOPIC",
-    "XMATCH_FAILURE_WEBHOOK_URL",
-)
+#: Every variable ``load_settings`` reads.
+SETTING_NAMES = setting_names()
 
 RESPONSE_FILE = "cds_response_allwise_best_1arcsec.csv"
 REQUEST_FILE = "cds_request_positions.csv"
@@ -149,12 +94,9 @@ def pipeline_environment(
     return environment
 
 
-def use_environment(monkeypatch: pytest.MonkeyPatch, environment: Mapping[str, str]) -> None:
-    """Make ``environment`` the only pipeline settings the process sees."""
-    for name in SETTING_NAMES:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
+def xmatch_resource(environment: Mapping[str, str]) -> XmatchResource:
+    """The resource a code location with exactly ``environment`` would build."""
+    return XmatchResource(load_settings(environment))
 
 
 def unique_group(prefix: str = "xmatch-test") -> str:
@@ -510,11 +452,13 @@ def high_watermarks(
 # --- Dagster: the sensor → job loop ----------------------------------------------------
 
 
-def evaluate_sensor(instance: DagsterInstance, cursor: str | None) -> SensorResult:
+def evaluate_sensor(
+    xmatch: XmatchResource, instance: DagsterInstance, cursor: str | None
+) -> SensorResult:
     """One tick of ``kafka_lag_sensor`` as the daemon evaluates it."""
     sensor = build_kafka_lag_sensor(5)
     with build_sensor_context(
-        instance=instance, cursor=cursor, resources={"xmatch": XmatchResource()}
+        instance=instance, cursor=cursor, resources={"xmatch": xmatch}
     ) as context:
         result = sensor(context)
     assert isinstance(result, SensorResult), result
@@ -525,7 +469,9 @@ def run_key_used(instance: DagsterInstance, run_key: str) -> bool:
     return bool(instance.get_run_ids(RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1))
 
 
-def execute_request(instance: DagsterInstance, request: RunRequest) -> ExecuteInProcessResult:
+def execute_request(
+    xmatch: XmatchResource, instance: DagsterInstance, request: RunRequest
+) -> ExecuteInProcessResult:
     """Run a sensor's request in process, for its partition and tagged with its run key,
     as the daemon would (the sensor adds the partition with its request)."""
     if request.partition_key is not None:
@@ -533,7 +479,7 @@ def execute_request(instance: DagsterInstance, request: RunRequest) -> ExecuteIn
     return xmatch_microbatch.execute_in_process(
         run_config=request.run_config,
         instance=instance,
-        resources=JOB_RESOURCES | {"xmatch": XmatchResource()},
+        resources=JOB_RESOURCES | {"xmatch": xmatch},
         tags={**request.tags, RUN_KEY_TAG: request.run_key or ""},
         partition_key=request.partition_key,
         raise_on_error=False,
@@ -569,12 +515,16 @@ class DriveLog:
 
 
 def drive_sensor_and_jobs(
-    instance: DagsterInstance, *, cursor: str | None = None, max_ticks: int = 40
+    xmatch: XmatchResource,
+    instance: DagsterInstance,
+    *,
+    cursor: str | None = None,
+    max_ticks: int = 40,
 ) -> DriveLog:
     """Tick the sensor and run what it requests until a tick requests nothing new."""
     log = DriveLog(cursor=cursor)
     for _ in range(max_ticks):
-        result = evaluate_sensor(instance, log.cursor)
+        result = evaluate_sensor(xmatch, instance, log.cursor)
         add_requested_partitions(instance, result)
         log.cursor = result.cursor
         requests = list(result.run_requests or [])
@@ -584,7 +534,7 @@ def drive_sensor_and_jobs(
         if not fresh:
             return log
         for request in fresh:
-            log.runs.append(execute_request(instance, request))
+            log.runs.append(execute_request(xmatch, instance, request))
     raise AssertionError(f"the sensor still requested runs after {max_ticks} ticks")
 
 
@@ -630,7 +580,3 @@ def query(database_url: str, statement: str, **parameters: Any) -> list[tuple[An
 def environment_without_secrets(environment: Mapping[str, str]) -> dict[str, str]:
     """For assertion messages: the environment with passwords replaced."""
     return {name: ("***" if "PASSWORD" in name else value) for name, value in environment.items()}
-
-
-def current_environment() -> dict[str, str]:
-    return {name: os.environ[name] for name in SETTING_NAMES if name in os.environ}

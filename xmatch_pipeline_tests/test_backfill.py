@@ -29,7 +29,7 @@ from xmatch_pipeline_tests.pipeline_fixtures import (
     small_stream,
     table_rows,
     unique_group,
-    use_environment,
+    xmatch_resource,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -44,7 +44,13 @@ CROSSMATCH_TABLE_KEYS = {
 
 
 def _run_backfill(
-    instance: DagsterInstance, topic: str, start: int, end: int, *, produce_output: bool
+    xmatch: XmatchResource,
+    instance: DagsterInstance,
+    topic: str,
+    start: int,
+    end: int,
+    *,
+    produce_output: bool,
 ) -> ExecuteInProcessResult:
     return xmatch_backfill.execute_in_process(
         run_config={
@@ -65,7 +71,7 @@ def _run_backfill(
             }
         },
         instance=instance,
-        resources=JOB_RESOURCES | {"xmatch": XmatchResource()},
+        resources=JOB_RESOURCES | {"xmatch": xmatch},
     )
 
 
@@ -94,7 +100,6 @@ def processed(
     kafka_bootstrap: str,
     fresh_database_url: str,
     new_topic: Callable[..., str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> tuple[DagsterInstance, dict[str, str]]:
     """A topic whose alerts the live pipeline has processed (two ranges), and its settings."""
     environment = pipeline_environment(
@@ -106,10 +111,10 @@ def processed(
         index_dir=stream.index_dir,
         XMATCH_MAX_MESSAGES_PER_RUN="7",
     )
-    use_environment(monkeypatch, environment)
+    xmatch = xmatch_resource(environment)
     produce_values(kafka_bootstrap, environment["CONSUMER_TOPICS"], stream.messages[:ALERTS])
     instance = DagsterInstance.ephemeral()
-    log = drive_sensor_and_jobs(instance)
+    log = drive_sensor_and_jobs(xmatch, instance)
     assert [run.success for run in log.runs] == [True, True]
     return instance, environment
 
@@ -120,6 +125,7 @@ def test_backfill_without_output_leaves_the_database_and_topics_unchanged(
     fresh_database_url: str,
 ) -> None:
     instance, environment = processed
+    xmatch = xmatch_resource(environment)
     topic, output = environment["CONSUMER_TOPICS"], environment["PRODUCER_TOPIC"]
     group = environment["CONSUMER_GROUP_ID"]
     before = _dump(fresh_database_url)
@@ -127,7 +133,7 @@ def test_backfill_without_output_leaves_the_database_and_topics_unchanged(
     output_before = read_committed(kafka_bootstrap, output)
     assert len(output_before) == ALERTS
 
-    result = _run_backfill(instance, topic, 0, ALERTS, produce_output=False)
+    result = _run_backfill(xmatch, instance, topic, 0, ALERTS, produce_output=False)
 
     assert result.success
     assert _dump(fresh_database_url) == before
@@ -158,12 +164,13 @@ def test_backfill_with_output_produces_again_but_never_moves_the_live_offsets(
     fresh_database_url: str,
 ) -> None:
     instance, environment = processed
+    xmatch = xmatch_resource(environment)
     topic, output = environment["CONSUMER_TOPICS"], environment["PRODUCER_TOPIC"]
     group = environment["CONSUMER_GROUP_ID"]
     before = _dump(fresh_database_url)
     first = read_committed(kafka_bootstrap, output)
 
-    result = _run_backfill(instance, topic, 2, 9, produce_output=True)
+    result = _run_backfill(xmatch, instance, topic, 2, 9, produce_output=True)
 
     assert result.success
     assert _dump(fresh_database_url) == before
@@ -182,7 +189,6 @@ def test_backfill_of_an_unprocessed_range_leaves_the_live_group_where_it_was(
     kafka_bootstrap: str,
     fresh_database_url: str,
     new_topic: Callable[..., str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     environment = pipeline_environment(
         kafka_bootstrap=kafka_bootstrap,
@@ -192,17 +198,17 @@ def test_backfill_of_an_unprocessed_range_leaves_the_live_group_where_it_was(
         group_id=unique_group(),
         index_dir=stream.index_dir,
     )
-    use_environment(monkeypatch, environment)
+    xmatch = xmatch_resource(environment)
     topic = environment["CONSUMER_TOPICS"]
     produce_values(kafka_bootstrap, topic, stream.messages[:5])
     instance = DagsterInstance.ephemeral()
 
-    assert _run_backfill(instance, topic, 0, 5, produce_output=True).success
+    assert _run_backfill(xmatch, instance, topic, 0, 5, produce_output=True).success
 
     assert len(read_committed(kafka_bootstrap, environment["PRODUCER_TOPIC"])) == 5
     assert group_offsets(kafka_bootstrap, environment["CONSUMER_GROUP_ID"], topic) == {0: None}
     # The live pipeline still owes the range: the sensor requests it from the start.
-    log = drive_sensor_and_jobs(instance)
+    log = drive_sensor_and_jobs(xmatch, instance)
     assert [r.run_key for t in log.ticks for r in t.launched] == [f"{topic}[0]@[0,5)#attempt1"]
     assert group_offsets(kafka_bootstrap, environment["CONSUMER_GROUP_ID"], topic) == {0: 5}
 
@@ -215,6 +221,7 @@ def test_a_live_run_over_a_processed_range_is_refused_without_rewinding_the_grou
     """Launching xmatch_microbatch (not xmatch_backfill) for an old range would commit the
     group back to its end: every alert after it would be output twice."""
     instance, environment = processed
+    xmatch = xmatch_resource(environment)
     topic, output = environment["CONSUMER_TOPICS"], environment["PRODUCER_TOPIC"]
     group = environment["CONSUMER_GROUP_ID"]
     before = _dump(fresh_database_url)
@@ -223,7 +230,7 @@ def test_a_live_run_over_a_processed_range_is_refused_without_rewinding_the_grou
     result = xmatch_microbatch.execute_in_process(
         run_config=request.run_config,
         instance=instance,
-        resources=JOB_RESOURCES | {"xmatch": XmatchResource()},
+        resources=JOB_RESOURCES | {"xmatch": xmatch},
         raise_on_error=False,
     )
 
@@ -233,4 +240,4 @@ def test_a_live_run_over_a_processed_range_is_refused_without_rewinding_the_grou
     assert group_offsets(kafka_bootstrap, group, topic) == {0: ALERTS}
     assert len(read_committed(kafka_bootstrap, output)) == ALERTS
     assert _dump(fresh_database_url) == before
-    assert not drive_sensor_and_jobs(instance).runs
+    assert not drive_sensor_and_jobs(xmatch, instance).runs

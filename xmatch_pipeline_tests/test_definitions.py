@@ -3,11 +3,9 @@ lineage, and refuses to load with a bad setting, naming the variable."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 from dagster import DefaultSensorStatus, Definitions
@@ -18,6 +16,7 @@ from xmatch_pipeline.orchestration.assets import (
     INPUT_TOPICS,
     OUTPUT_TOPIC,
 )
+from xmatch_pipeline.orchestration.definitions import build_definitions
 from xmatch_pipeline.orchestration.resources import XmatchResource
 from xmatch_pipeline.settings import load_settings
 from xmatch_pipeline_tests.pipeline_fixtures import SETTING_NAMES
@@ -37,15 +36,9 @@ ENVIRONMENT = {
 
 
 @pytest.fixture(scope="module")
-def definitions() -> Iterator[Definitions]:
-    """Built from ENVIRONMENT; the module itself loads settings from os.environ on import."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        for name in SETTING_NAMES:
-            monkeypatch.delenv(name, raising=False)
-        for name, value in ENVIRONMENT.items():
-            monkeypatch.setenv(name, value)
-        module = importlib.import_module("xmatch_pipeline.orchestration.definitions")
-        yield module.build_definitions(load_settings(ENVIRONMENT))
+def definitions() -> Definitions:
+    """Built from ENVIRONMENT's settings, as the code location builds them from its own."""
+    return build_definitions(load_settings(ENVIRONMENT))
 
 
 def test_definitions_validate_with_both_jobs_in_process(definitions: Definitions) -> None:
@@ -93,14 +86,19 @@ def test_assets_draw_the_lineage_from_input_topics_to_output_topic(
     assert graph.get(DEAD_LETTER_TOPIC).parent_keys == {INPUT_TOPICS}
 
 
-def test_the_resource_takes_no_config_so_secrets_never_reach_the_launchpad() -> None:
-    assert XmatchResource.model_fields == {}
+def test_the_resource_takes_no_config_so_secrets_never_reach_the_launchpad(
+    definitions: Definitions,
+) -> None:
+    assert definitions.resources is not None
+    resource = definitions.resources["xmatch"]
+    assert isinstance(resource, XmatchResource)  # a plain object: no config schema at all
+    assert resource.settings.database.password.get_secret_value() == "definitions-secret"
 
 
 def _import_definitions(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {name: value for name, value in os.environ.items() if name not in SETTING_NAMES}
     return subprocess.run(
-        [sys.executable, "-c", "import xmatch_pipeline.orchestration.definitions as d; d.defs"],
+        [sys.executable, "-c", "import xmatch_pipeline.orchestration.definitions as d; d.defs()"],
         env=clean | environment,
         capture_output=True,
         text=True,
@@ -110,7 +108,9 @@ def _import_definitions(environment: dict[str, str]) -> subprocess.CompletedProc
 
 
 def test_loading_the_code_location_checks_the_settings(definitions: Definitions) -> None:
-    """A good environment loads (the fixture imported the module); a bad one stops it."""
+    """A good environment loads; a bad one stops the load."""
+    good = _import_definitions(ENVIRONMENT)
+    assert good.returncode == 0, good.stderr
     broken = {k: v for k, v in ENVIRONMENT.items() if k != "DB_HOST"} | {"DB_PORT": "port"}
     bad = _import_definitions(broken)
     assert bad.returncode != 0

@@ -26,7 +26,7 @@ from xmatch_pipeline_tests.pipeline_fixtures import (
     read_committed,
     small_stream,
     unique_group,
-    use_environment,
+    xmatch_resource,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -71,7 +71,6 @@ def environment(  # noqa: PLR0917 (fixtures)
     fresh_database_url: str,
     new_topic: Callable[..., str],
     webhook: tuple[str, list[dict[str, object]]],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, str]:
     """Settings with both failure sinks: a fresh Kafka topic and the local webhook."""
     environment = pipeline_environment(
@@ -84,7 +83,7 @@ def environment(  # noqa: PLR0917 (fixtures)
         XMATCH_FAILURE_TOPIC=new_topic("failure-alerts"),
         XMATCH_FAILURE_WEBHOOK_URL=webhook[0],
     )
-    use_environment(monkeypatch, environment)
+    xmatch = xmatch_resource(environment)
     return environment
 
 
@@ -101,7 +100,7 @@ def test_a_failed_run_is_sent_with_its_range_reason_and_attempt_to_kafka_and_a_w
     instance = DagsterInstance.ephemeral()
     # A live range that does not start at the group's offset (0): the run fails, unrun.
     failing = OffsetRange(topic, 0, 2, 6)
-    result = execute_request(instance, run_request(PlannedRun(failing, 2, "test")))
+    result = execute_request(xmatch, instance, run_request(PlannedRun(failing, 2, "test")))
     assert not result.success
     (failure_event,) = [
         event
@@ -117,7 +116,7 @@ def test_a_failed_run_is_sent_with_its_range_reason_and_attempt_to_kafka_and_a_w
         dagster_run=result.dagster_run,
     ).for_run_failure()
 
-    alert = report_failure(context, XmatchResource())
+    alert = report_failure(context, xmatch)
 
     assert alert.offset_range == failing.key
     assert alert.attempt == 2

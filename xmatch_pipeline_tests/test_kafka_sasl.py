@@ -37,7 +37,7 @@ from xmatch_pipeline_tests.pipeline_fixtures import (
     read_committed,
     small_stream,
     unique_group,
-    use_environment,
+    xmatch_resource,
 )
 
 pytestmark = pytest.mark.timeout(240)
@@ -195,18 +195,17 @@ def test_the_pipeline_runs_over_sasl_ssl_with_only_the_acls_it_needs_and_no_secr
     deploy: Callable[..., SaslDeployment],
     devstack: DevstackSettings,
     stream: SmallStream,
-    monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     deployment = deploy()
-    use_environment(monkeypatch, deployment.environment)
+    xmatch = xmatch_resource(deployment.environment)
     instance_dir = tmp_path / "dagster"
     instance_dir.mkdir()
     instance = DagsterInstance.local_temp(tempdir=str(instance_dir))
 
-    log = drive_sensor_and_jobs(instance)
+    log = drive_sensor_and_jobs(xmatch, instance)
 
     assert not log.failed_runs, [run.all_events for run in log.failed_runs][:1]
     assert len(log.runs) == 2  # [0, 20) and [20, 30)
@@ -229,18 +228,17 @@ def test_the_pipeline_runs_over_sasl_ssl_with_only_the_acls_it_needs_and_no_secr
 
 def test_a_wrong_password_fails_the_sensor_and_the_run_naming_authentication(
     deploy: Callable[..., SaslDeployment],
-    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     wrong = f"wrong-{secrets.token_urlsafe(12)}"
     deployment = deploy(CONSUMER_KAFKA_PASSWORD=wrong)
-    use_environment(monkeypatch, deployment.environment)
+    xmatch = xmatch_resource(deployment.environment)
     instance = DagsterInstance.ephemeral()
 
     with pytest.raises(KafkaAuthenticationError) as raised:
-        evaluate_sensor(instance, None)
-    result = execute_request(instance, _first_range_request(deployment))
+        evaluate_sensor(xmatch, instance, None)
+    result = execute_request(xmatch, instance, _first_range_request(deployment))
 
     assert not result.success
     run_error = _failure_message(instance, result.run_id)
@@ -271,13 +269,12 @@ def test_a_missing_acl_fails_the_run_naming_the_permission_and_nothing_is_visibl
     without: str,
     permission: str,
     deploy: Callable[..., SaslDeployment],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     deployment = deploy(without=without)
-    use_environment(monkeypatch, deployment.environment)
+    xmatch = xmatch_resource(deployment.environment)
     instance = DagsterInstance.ephemeral()
 
-    result = execute_request(instance, _first_range_request(deployment))
+    result = execute_request(xmatch, instance, _first_range_request(deployment))
 
     assert not result.success
     message = _failure_message(instance, result.run_id)

@@ -28,7 +28,7 @@ from xmatch_pipeline_tests.pipeline_fixtures import (
     small_stream,
     table_rows,
     unique_group,
-    use_environment,
+    xmatch_resource,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -151,7 +151,6 @@ def test_the_sensor_adds_each_range_as_a_partition_and_its_run_records_the_check
     kafka_bootstrap: str,
     fresh_database_url: str,
     new_topic: Callable[..., str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A minimum match rate no real range reaches: that check fails on purpose, the others pass.
     environment = _environment(
@@ -161,12 +160,12 @@ def test_the_sensor_adds_each_range_as_a_partition_and_its_run_records_the_check
         new_topic,
         XMATCH_CHECK_MIN_MATCH_RATE="1.0",
     )
-    use_environment(monkeypatch, environment)
+    xmatch = xmatch_resource(environment)
     topic = environment["CONSUMER_TOPICS"]
     produce_values(kafka_bootstrap, topic, stream.messages[:ALERTS])
     instance = DagsterInstance.ephemeral()
 
-    log = drive_sensor_and_jobs(instance)
+    log = drive_sensor_and_jobs(xmatch, instance)
 
     keys = [f"{topic}/0/0-7", f"{topic}/0/7-12"]
     assert [run.success for run in log.runs] == [True, True]
@@ -185,15 +184,14 @@ def test_a_dagster_backfill_over_processed_ranges_rewrites_only_the_database(
     kafka_bootstrap: str,
     fresh_database_url: str,
     new_topic: Callable[..., str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     environment = _environment(stream, kafka_bootstrap, fresh_database_url, new_topic)
-    use_environment(monkeypatch, environment)
+    xmatch = xmatch_resource(environment)
     topic, output = environment["CONSUMER_TOPICS"], environment["PRODUCER_TOPIC"]
     group = environment["CONSUMER_GROUP_ID"]
     produce_values(kafka_bootstrap, topic, stream.messages[:ALERTS])
     instance = DagsterInstance.ephemeral()
-    assert all(run.success for run in drive_sensor_and_jobs(instance).runs)
+    assert all(run.success for run in drive_sensor_and_jobs(xmatch, instance).runs)
     xmatch_before = table_rows(fresh_database_url, "xmatch", "oid, catid")
     output_before = read_committed(kafka_bootstrap, output)
 
@@ -203,7 +201,7 @@ def test_a_dagster_backfill_over_processed_ranges_rewrites_only_the_database(
         partition_key=f"{topic}/0/0-7",
         tags={BACKFILL_TAG: "backfill1"},
         instance=instance,
-        resources=JOB_RESOURCES | {"xmatch": XmatchResource()},
+        resources=JOB_RESOURCES | {"xmatch": xmatch},
     )
 
     assert result.success
@@ -226,10 +224,9 @@ def test_ranges_never_planned_live_are_added_as_partitions_by_a_job(
     kafka_bootstrap: str,
     fresh_database_url: str,
     new_topic: Callable[..., str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     environment = _environment(stream, kafka_bootstrap, fresh_database_url, new_topic)
-    use_environment(monkeypatch, environment)
+    xmatch = xmatch_resource(environment)
     topic = environment["CONSUMER_TOPICS"]
     produce_values(kafka_bootstrap, topic, stream.messages[:ALERTS])
     instance = DagsterInstance.ephemeral()
@@ -243,7 +240,7 @@ def test_ranges_never_planned_live_are_added_as_partitions_by_a_job(
             }
         },
         instance=instance,
-        resources=JOB_RESOURCES | {"xmatch": XmatchResource()},
+        resources=JOB_RESOURCES | {"xmatch": xmatch},
     )
 
     assert result.success

@@ -397,10 +397,11 @@ def test_the_runner_fails_when_the_group_offset_cannot_be_read(
     """No broker answers: the run fails (a system fault) instead of skipping the check."""
     case = case_factory()
     services = case.services
+    config = services.microbatch_config()
     config = replace(
-        services.microbatch_config(),
+        config,
+        settings=config.settings.model_copy(update={"consume_timeout_seconds": 1.0}),
         kafka=KafkaClientConfig(f"127.0.0.1:{_closed_port()}"),
-        kafka_request_timeout_seconds=1.0,
     )
     runner = MicrobatchRunner(config, services.crossmatch_engine, services.database)
 

@@ -20,6 +20,7 @@ from xmatch_pipeline.cds_server.catalogs import ServedCatalogs
 from xmatch_pipeline.cds_server.faults import Fault
 from xmatch_pipeline.cds_server.server import CdsXmatchServer
 from xmatch_pipeline.decode.avro_codec import decode_alert
+from xmatch_pipeline.orchestration.resources import XmatchResource
 from xmatch_pipeline_tests.pipeline_fixtures import (
     SmallStream,
     evaluate_sensor,
@@ -31,7 +32,7 @@ from xmatch_pipeline_tests.pipeline_fixtures import (
     read_committed,
     small_stream,
     unique_group,
-    use_environment,
+    xmatch_resource,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -64,6 +65,7 @@ class Flow:
     group: str
     object_ids: list[str]
     expected_matches: int
+    xmatch: XmatchResource
 
 
 @pytest.fixture
@@ -74,7 +76,6 @@ def flow(
     kafka_bootstrap: str,
     fresh_database_url: str,
     new_topic: Callable[..., str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> Flow:
     """Six alerts of their own (distinct objects per test) and a fast-failing CDS client."""
     server.faults.replace([])
@@ -94,7 +95,7 @@ def flow(
         RETRIES="3",
         RETRY_INTERVAL="0.05",
     )
-    use_environment(monkeypatch, environment)
+    xmatch = xmatch_resource(environment)
     produce_values(kafka_bootstrap, environment["CONSUMER_TOPICS"], messages)
     matches = sum(1 for number in range(first, first + ALERTS) if number % 3 != 2)
     return Flow(
@@ -103,6 +104,7 @@ def flow(
         environment["CONSUMER_GROUP_ID"],
         [object_id for object_id, _ in messages],
         matches,
+        xmatch,
     )
 
 
@@ -125,9 +127,9 @@ def test_two_server_errors_then_success_is_one_clean_run(
 ) -> None:
     server.faults.replace([Fault("500", times=2)])
     instance = DagsterInstance.ephemeral()
-    (request,) = evaluate_sensor(instance, None).run_requests or []
+    (request,) = evaluate_sensor(flow.xmatch, instance, None).run_requests or []
 
-    assert execute_request(instance, request).success
+    assert execute_request(flow.xmatch, instance, request).success
 
     sent = server.requests[-3:]
     assert [r.status for r in sent] == [500, 500, 200]
@@ -173,12 +175,12 @@ def test_persistent_fault_fails_the_run_cleanly_and_the_retry_succeeds(
 ) -> None:
     server.faults.replace([fault])
     instance = DagsterInstance.ephemeral()
-    first_tick = evaluate_sensor(instance, None)
+    first_tick = evaluate_sensor(flow.xmatch, instance, None)
     (request,) = first_tick.run_requests or []
     asked_before = len(server.requests)
 
     started = time.monotonic()
-    failed = execute_request(instance, request)
+    failed = execute_request(flow.xmatch, instance, request)
     elapsed = time.monotonic() - started
 
     assert not failed.success
@@ -198,8 +200,8 @@ def test_persistent_fault_fails_the_run_cleanly_and_the_retry_succeeds(
     assert reason in error
 
     server.faults.replace([])
-    (retry,) = evaluate_sensor(instance, first_tick.cursor).run_requests or []
+    (retry,) = evaluate_sensor(flow.xmatch, instance, first_tick.cursor).run_requests or []
     assert retry.run_key == f"{flow.topic}[0]@[0,{ALERTS})#attempt2"
-    assert execute_request(instance, retry).success
+    assert execute_request(flow.xmatch, instance, retry).success
     _assert_exactly_once(kafka_bootstrap, flow)
     assert _stored_matches(fresh_database_url, flow.object_ids) == flow.expected_matches

@@ -81,7 +81,6 @@ def test_killed_run_then_rerun_outputs_every_alert_exactly_once(
     new_topic: Callable[..., str],
     allwise_index: Path,
     input_stream: InputStream,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     offset_range = input_stream.offset_range
     output_topic = new_topic("crash-output")
@@ -133,9 +132,7 @@ def test_killed_run_then_rerun_outputs_every_alert_exactly_once(
             assert visible_now(kafka_bootstrap, output_topic, seconds=1.0) == []
             _wait_until_released(ledger, offset_range.topic)
 
-            for name, value in environment.items():
-                monkeypatch.setenv(name, value)
-            result = run_microbatch_job(offset_range)
+            result = run_microbatch_job(offset_range, environment)
             assert result.success, [str(event) for event in result.all_events if event.is_failure]
 
             committed = read_candids(kafka_bootstrap, output_topic, "read_committed")

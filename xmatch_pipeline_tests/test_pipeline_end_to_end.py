@@ -41,7 +41,7 @@ from xmatch_pipeline_tests.pipeline_fixtures import (
     small_stream,
     table_rows,
     unique_group,
-    use_environment,
+    xmatch_resource,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -169,7 +169,6 @@ def test_real_alerts_through_sensor_and_job_exactly_once(
     kafka_bootstrap: str,
     own_database_url: str,
     new_topic: Callable[..., str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fresh_database_url = own_database_url
     alerts = real_stream.alerts
@@ -182,8 +181,7 @@ def test_real_alerts_through_sensor_and_job_exactly_once(
     output_topic = new_topic("e2e-out")
     metrics_topic = new_topic("e2e-metrics")
     group = unique_group()
-    use_environment(
-        monkeypatch,
+    xmatch = xmatch_resource(
         pipeline_environment(
             kafka_bootstrap=kafka_bootstrap,
             database_url=fresh_database_url,
@@ -204,7 +202,7 @@ def test_real_alerts_through_sensor_and_job_exactly_once(
     )
 
     instance = DagsterInstance.ephemeral()
-    log = drive_sensor_and_jobs(instance)
+    log = drive_sensor_and_jobs(xmatch, instance)
 
     # Runs: 43 alerts per partition in ranges of at most 20, one range per partition a tick.
     assert not log.failed_runs, [run.all_events for run in log.failed_runs][:1]
@@ -351,7 +349,6 @@ def test_an_undecodable_message_is_dead_lettered_and_never_blocks_the_partition(
     kafka_bootstrap: str,
     fresh_database_url: str,
     new_topic: Callable[..., str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     stream = small_stream(shared_data_dir, tmp_path_factory.mktemp("dead-letter-catalog"))
     input_topic, output_topic = new_topic("e2e-dlq-in"), new_topic("e2e-dlq-out")
@@ -365,13 +362,13 @@ def test_an_undecodable_message_is_dead_lettered_and_never_blocks_the_partition(
         index_dir=stream.index_dir,
         XMATCH_DEAD_LETTER_TOPIC=dead_letters,
     )
-    use_environment(monkeypatch, environment)
+    xmatch = xmatch_resource(environment)
     garbage = b"not an avro container"
     good = stream.messages[:4]
     produce_values(kafka_bootstrap, input_topic, [*good[:2], ("broken", garbage), *good[2:]])
     instance = DagsterInstance.ephemeral()
 
-    log = drive_sensor_and_jobs(instance)
+    log = drive_sensor_and_jobs(xmatch, instance)
 
     assert [run.success for run in log.runs] == [True]
     received = read_committed(kafka_bootstrap, output_topic)

@@ -53,7 +53,7 @@ from xmatch_pipeline_tests.pipeline_fixtures import (
     group_offsets,
     pipeline_environment,
     unique_group,
-    use_environment,
+    xmatch_resource,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -199,11 +199,9 @@ def _collect_kafka_clients() -> None:
     gc.collect()
 
 
-def _converge_after_each_restart(
-    scenario: Scenario, cycles: list[Cycle], monkeypatch: pytest.MonkeyPatch
-) -> list[str]:
+def _converge_after_each_restart(scenario: Scenario, cycles: list[Cycle]) -> list[str]:
     """Run the ranges as described above; what each range's first run did."""
-    use_environment(monkeypatch, scenario.environment)
+    xmatch = xmatch_resource(scenario.environment)
     instance = DagsterInstance.ephemeral()
     services = PipelineServices(load_settings(scenario.environment))
     topic, bootstrap = scenario.stream.topic, scenario.kafka_bootstrap
@@ -215,7 +213,7 @@ def _converge_after_each_restart(
             offset_range = OffsetRange(
                 topic, 0, number * RANGE_MESSAGES, (number + 1) * RANGE_MESSAGES
             )
-            tick = evaluate_sensor(instance, cursor)
+            tick = evaluate_sensor(xmatch, instance, cursor)
             cursor = tick.cursor
             (planned,) = tick.run_requests or []
             assert planned.run_key == f"{offset_range}#attempt1"
@@ -243,7 +241,7 @@ def _converge_after_each_restart(
             if cycle.tick_while_down:
                 tick_started = time.monotonic()
                 with pytest.raises(KafkaOperationError, match="check") as failed_tick:
-                    evaluate_sensor(instance, cursor)
+                    evaluate_sensor(xmatch, instance, cursor)
                 # Two lookups (topics, then lags), each within the sensor's timeout.
                 assert time.monotonic() - tick_started < 2 * SENSOR_TIMEOUT_SECONDS + 2.0
                 del failed_tick
@@ -255,13 +253,13 @@ def _converge_after_each_restart(
             while group_offsets(bootstrap, scenario.group_id, topic)[0] != offset_range.end:
                 retries += 1
                 assert retries < MAX_RUN_ATTEMPTS, f"no convergence after {outcome}"
-                tick = evaluate_sensor(instance, cursor)
+                tick = evaluate_sensor(xmatch, instance, cursor)
                 cursor = tick.cursor
                 requests = tick.run_requests or []
                 assert len(requests) == 1, (outcome, tick.skip_reason)
                 (retry,) = requests
                 assert retry.run_key == f"{offset_range}#attempt{retries + 1}", outcome
-                result = execute_request(instance, retry)
+                result = execute_request(xmatch, instance, retry)
                 assert result.success, (
                     outcome,
                     [str(e) for e in result.all_events if e.is_failure],
@@ -281,14 +279,14 @@ def _converge_after_each_restart(
 
 
 def test_broker_restarted_mid_run_three_times_converges_exactly_once(
-    kafka_scenario: Scenario, monkeypatch: pytest.MonkeyPatch
+    kafka_scenario: Scenario,
 ) -> None:
-    outcomes = _converge_after_each_restart(kafka_scenario, KAFKA_CYCLES, monkeypatch)
+    outcomes = _converge_after_each_restart(kafka_scenario, KAFKA_CYCLES)
     assert len(outcomes) == len(kafka_scenario.service.restarts) == 3, outcomes
 
 
 def test_postgres_restarted_mid_run_three_times_converges_exactly_once(
-    postgres_scenario: Scenario, monkeypatch: pytest.MonkeyPatch
+    postgres_scenario: Scenario,
 ) -> None:
-    outcomes = _converge_after_each_restart(postgres_scenario, POSTGRES_CYCLES, monkeypatch)
+    outcomes = _converge_after_each_restart(postgres_scenario, POSTGRES_CYCLES)
     assert len(outcomes) == len(postgres_scenario.service.restarts) == 3, outcomes

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from sqlalchemy.pool import NullPool
 from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.orchestration import run_tags
 from xmatch_pipeline.orchestration.jobs import xmatch_backfill, xmatch_microbatch
+from xmatch_pipeline.orchestration.resources import XmatchResource
 from xmatch_pipeline.orchestration.sensors import run_request
 from xmatch_pipeline.run_planning import PlannedRun
 from xmatch_pipeline.store.range_ledger import RangeLedger
@@ -53,7 +54,7 @@ from xmatch_pipeline_tests.pipeline_fixtures import (
     read_committed,
     small_stream,
     unique_group,
-    use_environment,
+    xmatch_resource,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -91,7 +92,7 @@ class Harness:
     bootstrap: str
     database_url: str
     new_topic: Callable[..., str]
-    monkeypatch: pytest.MonkeyPatch
+    xmatch: XmatchResource = field(init=False)
 
     def environment(
         self, input_topic: str, output_topic: str = "unused-output", **overrides: str
@@ -107,7 +108,8 @@ class Harness:
         )
 
     def use(self, environment: dict[str, str]) -> dict[str, str]:
-        use_environment(self.monkeypatch, environment)
+        """From now on the sensor and the jobs run with exactly these settings."""
+        self.xmatch = xmatch_resource(environment)
         return environment
 
     def produce(self, topic: str, first: int, last: int, partitions: int = 1) -> None:
@@ -122,9 +124,8 @@ def harness(
     kafka_bootstrap: str,
     fresh_database_url: str,
     new_topic: Callable[..., str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> Harness:
-    return Harness(stream, kafka_bootstrap, fresh_database_url, new_topic, monkeypatch)
+    return Harness(stream, kafka_bootstrap, fresh_database_url, new_topic)
 
 
 def _skip_message(result: object) -> str:
@@ -141,7 +142,7 @@ def test_requests_one_range_per_lagging_partition_with_keys_tags_and_cursor(
     harness.produce(topic, 0, 26, partitions=2)  # 13 each
 
     previous_cursor = json.dumps({"other-topic:3": {"start": 5, "end": 9, "attempt": 1}})
-    result = evaluate_sensor(DagsterInstance.ephemeral(), previous_cursor)
+    result = evaluate_sensor(harness.xmatch, DagsterInstance.ephemeral(), previous_cursor)
 
     requests = sorted(result.run_requests or [], key=lambda r: r.tags[run_tags.PARTITION])
     assert [r.run_key for r in requests] == [
@@ -198,12 +199,12 @@ def test_no_lag_and_no_topic_are_skips_with_reasons(
 ) -> None:
     topic = harness.new_topic("sensor-idle", partitions=2)
     harness.use(harness.environment(topic))
-    result = evaluate_sensor(DagsterInstance.ephemeral(), None)
+    result = evaluate_sensor(harness.xmatch, DagsterInstance.ephemeral(), None)
     assert not result.run_requests
     assert _skip_message(result) == f"no lag on 2 partitions of {topic}"
 
     harness.use(harness.environment(f"missing-{uuid.uuid4().hex[:8]}"))
-    result = evaluate_sensor(DagsterInstance.ephemeral(), "{}")
+    result = evaluate_sensor(harness.xmatch, DagsterInstance.ephemeral(), "{}")
     assert not result.run_requests
     assert "no input topic exists yet" in _skip_message(result)
     assert result.cursor == "{}"
@@ -224,23 +225,23 @@ def test_failed_range_is_retried_with_the_same_range_then_waits_for_an_operator(
     harness.produce(topic, 0, 12)
     instance = DagsterInstance.ephemeral()
 
-    first = evaluate_sensor(instance, None)
+    first = evaluate_sensor(harness.xmatch, instance, None)
     (request,) = first.run_requests or []
     assert request.run_key == f"{topic}[0]@[0,8)#attempt1"
-    assert not execute_request(instance, request).success
+    assert not execute_request(harness.xmatch, instance, request).success
 
-    second = evaluate_sensor(instance, first.cursor)
+    second = evaluate_sensor(harness.xmatch, instance, first.cursor)
     (retry,) = second.run_requests or []
     assert retry.run_key == f"{topic}[0]@[0,8)#attempt2"
     assert retry.run_config == request.run_config
     assert retry.tags[run_tags.ATTEMPT] == "2"
     assert json.loads(second.cursor or "")[f"{topic}:0"] == {"start": 0, "end": 8, "attempt": 2}
-    assert not execute_request(instance, retry).success
+    assert not execute_request(harness.xmatch, instance, retry).success
 
     # Out of attempts: no run, the reason names the range, the error and the way out, and
     # nothing later in the partition is requested, even as more alerts arrive.
     harness.produce(topic, 12, 20)
-    third = evaluate_sensor(instance, second.cursor)
+    third = evaluate_sensor(harness.xmatch, instance, second.cursor)
     assert not third.run_requests
     reason = _skip_message(third)
     assert f"{topic}[0]@[0,8) failed after 2 attempts" in reason
@@ -261,8 +262,8 @@ def test_failed_range_is_retried_with_the_same_range_then_waits_for_an_operator(
     fixed = broken | {"XMATCH_ENGINE": "local", "XMATCH_CDS_URL": ""}
     harness.use(fixed)
     manual = run_request(PlannedRun(OffsetRange(topic, 0, 0, 8), 3, "operator"))
-    assert execute_request(instance, manual).success
-    log = drive_sensor_and_jobs(instance, cursor=third.cursor)
+    assert execute_request(harness.xmatch, instance, manual).success
+    log = drive_sensor_and_jobs(harness.xmatch, instance, cursor=third.cursor)
     assert not log.failed_runs
     assert [r.run_key for t in log.ticks for r in t.launched] == [
         f"{topic}[0]@[8,16)#attempt1",
@@ -285,15 +286,15 @@ def test_a_range_left_running_by_a_dead_run_is_retried_but_a_held_one_waits(
     instance = DagsterInstance.ephemeral()
     try:
         with ledger.hold_partition(topic, 0, "a-run-still-alive"):
-            held = evaluate_sensor(instance, None)
+            held = evaluate_sensor(harness.xmatch, instance, None)
             assert not held.run_requests
             assert "is running (run a-run-that-died)" in _skip_message(held)
-        retried = evaluate_sensor(instance, None)
+        retried = evaluate_sensor(harness.xmatch, instance, None)
     finally:
         engine.dispose()
     (request,) = retried.run_requests or []
     assert request.run_key == f"{topic}[0]@[0,5)#attempt2"
-    assert execute_request(instance, request).success
+    assert execute_request(harness.xmatch, instance, request).success
 
 
 @pytest.mark.parametrize(
@@ -319,7 +320,7 @@ def test_a_partition_with_a_run_in_flight_is_skipped(
             remote_job_origin=IN_PROCESS_ORIGIN,
         )
     )
-    result = evaluate_sensor(instance, None)
+    result = evaluate_sensor(harness.xmatch, instance, None)
     assert [r.run_key for r in result.run_requests or []] == [f"{topic}[0]@[0,3)#attempt1"]
 
 
@@ -341,7 +342,7 @@ def test_a_partition_with_a_backfill_in_flight_is_skipped(harness: Harness) -> N
             remote_job_origin=IN_PROCESS_ORIGIN,
         )
     )
-    result = evaluate_sensor(instance, None)
+    result = evaluate_sensor(harness.xmatch, instance, None)
     assert [r.run_key for r in result.run_requests or []] == [f"{topic}[0]@[0,3)#attempt1"]
 
 
@@ -360,14 +361,14 @@ def test_a_run_refused_by_the_partition_guard_is_requested_again(
         with RangeLedger(engine, environment["CONSUMER_GROUP_ID"]).hold_partition(
             topic, 0, "someone-else"
         ):
-            (request,) = evaluate_sensor(instance, None).run_requests or []
-            refused = execute_request(instance, request)
+            (request,) = evaluate_sensor(harness.xmatch, instance, None).run_requests or []
+            refused = execute_request(harness.xmatch, instance, request)
         assert not refused.success
         assert "someone-else" in str(refused.get_step_failure_events()[0].event_specific_data)
     finally:
         engine.dispose()
     assert read_committed(harness.bootstrap, output) == []
-    log = drive_sensor_and_jobs(instance)
+    log = drive_sensor_and_jobs(harness.xmatch, instance)
     assert [run.success for run in log.runs] == [True]
     assert len(read_committed(harness.bootstrap, output)) == 4
 
@@ -389,11 +390,11 @@ def test_daily_topic_formats_and_patterns_resolve_existing_topics(
 
         formats = f"ztf{marker}_%s_programid1,ztf{marker}_%s_programid2"
         harness.use(base | {"TOPIC_STRATEGY_FORMAT": formats})
-        result = evaluate_sensor(DagsterInstance.ephemeral(), None)
+        result = evaluate_sensor(harness.xmatch, DagsterInstance.ephemeral(), None)
         assert sorted(r.tags[run_tags.TOPIC] for r in result.run_requests or []) == daily
 
         harness.use(base | {"XMATCH_TOPIC_PATTERN": f"^pattern{marker}-.$"})
-        result = evaluate_sensor(DagsterInstance.ephemeral(), None)
+        result = evaluate_sensor(harness.xmatch, DagsterInstance.ephemeral(), None)
         assert sorted(r.tags[run_tags.TOPIC] for r in result.run_requests or []) == patterned
     finally:
         delete_topics(harness.bootstrap, created)
@@ -420,28 +421,28 @@ def test_the_successor_of_a_run_in_flight_is_queued_behind_it_and_starts_where_i
     harness.produce(topic, 0, 20)
     instance = DagsterInstance.ephemeral()
 
-    (current,) = evaluate_sensor(instance, None).run_requests or []
+    (current,) = evaluate_sensor(harness.xmatch, instance, None).run_requests or []
     assert current.run_key == f"{topic}[0]@[0,8)#attempt1"
     in_flight = _launched_as_daemon_would(instance, current)
 
     # While it works, its successor is planned from its end, with the same partition tag
     # (the queue holds it until the current run ends) …
-    (successor,) = evaluate_sensor(instance, None).run_requests or []
+    (successor,) = evaluate_sensor(harness.xmatch, instance, None).run_requests or []
     assert successor.run_key == f"{topic}[0]@[8,16)#attempt1"
     assert successor.tags[run_tags.PARTITION_KEY] == current.tags[run_tags.PARTITION_KEY]
     # … and only one: with the successor queued too, nothing more is requested.
     queued = _launched_as_daemon_would(instance, successor)
-    idle = evaluate_sensor(instance, None)
+    idle = evaluate_sensor(harness.xmatch, instance, None)
     assert not idle.run_requests
     assert "a run and its successor are queued or running" in _skip_message(idle)
 
     # The queue runs them in order; each passes its offset check.
-    assert execute_request(instance, current).success
+    assert execute_request(harness.xmatch, instance, current).success
     instance.delete_run(in_flight.run_id)
-    assert execute_request(instance, successor).success
+    assert execute_request(harness.xmatch, instance, successor).success
     instance.delete_run(queued.run_id)
     assert group_offsets(harness.bootstrap, environment["CONSUMER_GROUP_ID"], topic) == {0: 16}
-    log = drive_sensor_and_jobs(instance)
+    log = drive_sensor_and_jobs(harness.xmatch, instance)
     assert not log.failed_runs
     assert group_offsets(harness.bootstrap, environment["CONSUMER_GROUP_ID"], topic) == {0: 20}
     candids = read_candids(harness.bootstrap, output)
@@ -462,23 +463,23 @@ def test_a_successor_whose_predecessor_failed_does_nothing_and_the_failed_range_
     group = broken["CONSUMER_GROUP_ID"]
     harness.produce(topic, 0, 20)
     instance = DagsterInstance.ephemeral()
-    (current,) = evaluate_sensor(instance, None).run_requests or []
+    (current,) = evaluate_sensor(harness.xmatch, instance, None).run_requests or []
     in_flight = _launched_as_daemon_would(instance, current)
-    (successor,) = evaluate_sensor(instance, None).run_requests or []
+    (successor,) = evaluate_sensor(harness.xmatch, instance, None).run_requests or []
     assert successor.run_key == f"{topic}[0]@[8,16)#attempt1"
     queued = _launched_as_daemon_would(instance, successor)
 
     # The predecessor fails (CDS down) …
-    assert not execute_request(instance, current).success
+    assert not execute_request(harness.xmatch, instance, current).success
     instance.report_run_failed(instance.get_run_by_id(in_flight.run_id))  # type: ignore[arg-type]
     # … while its successor is still queued, the sensor plans nothing past it.
-    waiting = evaluate_sensor(instance, None)
+    waiting = evaluate_sensor(harness.xmatch, instance, None)
     assert not waiting.run_requests
     assert "the group is at 0: waiting for it to end" in _skip_message(waiting)
 
     # The successor then starts and fails its offset check, without any effect: no
     # output, no dead letter, no offsets, no ledger entry, no rows.
-    refused = execute_request(instance, successor)
+    refused = execute_request(harness.xmatch, instance, successor)
     assert not refused.success
     failure = str(refused.get_step_failure_events()[0].event_specific_data)
     assert "not at the range's start 8" in failure
@@ -493,11 +494,11 @@ def test_a_successor_whose_predecessor_failed_does_nothing_and_the_failed_range_
     ) == [(0, 8, "failed")]
 
     # The retry policy redoes the failed range first: never the successor's, never a rewind.
-    (retry,) = evaluate_sensor(instance, None).run_requests or []
+    (retry,) = evaluate_sensor(harness.xmatch, instance, None).run_requests or []
     assert retry.run_key == f"{topic}[0]@[0,8)#attempt2"
     harness.use(broken | {"XMATCH_ENGINE": "local", "XMATCH_CDS_URL": ""})
-    assert execute_request(instance, retry).success
-    log = drive_sensor_and_jobs(instance)
+    assert execute_request(harness.xmatch, instance, retry).success
+    log = drive_sensor_and_jobs(harness.xmatch, instance)
     assert not log.failed_runs
     # The successor's range runs again under a fresh key (its first one was used).
     assert [r.run_key for t in log.ticks for r in t.launched] == [

@@ -3,15 +3,14 @@ named at once with what it should look like, and secrets never show."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from xmatch_pipeline.match.allwise import ALLWISE_SPEC
 from xmatch_pipeline.services import PipelineServices
-from xmatch_pipeline.settings import SettingsError, load_settings
-from xmatch_pipeline_tests.pipeline_fixtures import use_environment
+from xmatch_pipeline.settings import SettingsError, load_settings, setting_names
+from xmatch_pipeline.settings_table import README, readme_with_table
 
 DB_SECRET = "db-secret-Zq8"
 SASL_SECRET = "sasl-secret-Wv3"
@@ -57,15 +56,14 @@ ORIGINAL = {
 }
 
 
-def _problems(monkeypatch: pytest.MonkeyPatch, environment: dict[str, str]) -> str:
-    use_environment(monkeypatch, environment)
+def _problems(environment: dict[str, str]) -> str:
     with pytest.raises(SettingsError) as raised:
-        load_settings(os.environ)
+        load_settings(environment)
     return str(raised.value)
 
 
-def test_every_missing_variable_is_named_in_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    message = _problems(monkeypatch, {})
+def test_every_missing_variable_is_named_in_one_error() -> None:
+    message = _problems({})
     for name in (
         "CONSUMER_SERVER",
         "CONSUMER_GROUP_ID",
@@ -104,19 +102,18 @@ def test_every_missing_variable_is_named_in_one_error(monkeypatch: pytest.Monkey
     ],
 )
 def test_a_malformed_value_is_named_with_what_it_should_look_like(
-    variable: str, value: str, expected: str, monkeypatch: pytest.MonkeyPatch
+    variable: str, value: str, expected: str
 ) -> None:
-    message = _problems(monkeypatch, MINIMAL | {variable: value})
+    message = _problems(MINIMAL | {variable: value})
     assert expected in message
     assert variable in message
     assert DB_SECRET not in message
     assert SASL_SECRET not in message
 
 
-def test_several_problems_are_reported_together(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_several_problems_are_reported_together() -> None:
     message = _problems(
-        monkeypatch,
-        MINIMAL | {"DB_PORT": "x", "XMATCH_ENGINE": "vizier", "XMATCH_CATALOGS": "{"},
+        MINIMAL | {"DB_PORT": "x", "XMATCH_ENGINE": "vizier", "XMATCH_CATALOGS": "{"}
     )
     assert message.count("\n- ") == 3
 
@@ -132,32 +129,31 @@ def test_several_problems_are_reported_together(monkeypatch: pytest.MonkeyPatch)
     ],
 )
 def test_daily_topic_formats_are_checked_like_the_topic_selection_reads_them(
-    formats: str, valid: bool, monkeypatch: pytest.MonkeyPatch
+    formats: str, valid: bool
 ) -> None:
     environment = {k: v for k, v in MINIMAL.items() if k != "CONSUMER_TOPICS"}
     environment["TOPIC_STRATEGY_FORMAT"] = formats
     if valid:
-        use_environment(monkeypatch, environment)
-        assert load_settings(os.environ).input_topics.daily_format == formats
+        assert load_settings(environment).input_topics.daily_format == formats
     else:
-        assert "each format must contain '%s' once" in _problems(monkeypatch, environment)
+        assert "each format must contain '%s' once" in _problems(environment)
 
 
-def test_two_ways_of_naming_topics_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    message = _problems(monkeypatch, MINIMAL | {"XMATCH_TOPIC_PATTERN": "^ztf_.*$"})
+def test_two_ways_of_naming_topics_are_refused() -> None:
+    message = _problems(MINIMAL | {"XMATCH_TOPIC_PATTERN": "^ztf_.*$"})
     assert "set exactly one of CONSUMER_TOPICS" in message
-    message = _problems(monkeypatch, MINIMAL | {"XMATCH_TOPIC_PATTERN": "ztf_(["})
+    message = _problems(MINIMAL | {"XMATCH_TOPIC_PATTERN": "ztf_(["})
     assert "XMATCH_TOPIC_PATTERN='ztf_([' is not a regex" in message
 
 
-def test_topic_lists_drop_blanks(monkeypatch: pytest.MonkeyPatch) -> None:
-    use_environment(monkeypatch, MINIMAL | {"CONSUMER_TOPICS": " a , b, ,c, "})
-    assert load_settings(os.environ).input_topics.topics == ("a", "b", "c")
+def test_topic_lists_drop_blanks() -> None:
+    environment = MINIMAL | {"CONSUMER_TOPICS": " a , b, ,c, "}
+    assert load_settings(environment).input_topics.topics == ("a", "b", "c")
 
 
-def test_the_original_environment_carries_over(monkeypatch: pytest.MonkeyPatch) -> None:
-    use_environment(monkeypatch, ORIGINAL)
-    settings = load_settings(os.environ)
+def test_the_original_environment_carries_over() -> None:
+    environment = ORIGINAL
+    settings = load_settings(environment)
     assert settings.kafka_bootstrap_servers == "kafka-1:9092,kafka-2:9092"
     assert settings.input_topics.topics == ("ztf_20200101_programid1", "ztf_20200102_programid1")
     assert settings.consumer_group_id == "xmatch_consumer"
@@ -175,30 +171,30 @@ def test_the_original_environment_carries_over(monkeypatch: pytest.MonkeyPatch) 
         "alerce",
         "ztf",
     )
-    assert database.password.reveal() == DB_SECRET
+    assert database.password.get_secret_value() == DB_SECRET
     assert (settings.step.step_id, settings.step.name, settings.step.version) == (
         "xmatch_1.0",
         "xmatch",
         "1.0",
     )
     # RETRIES counted retries after the first attempt; RETRY_INTERVAL is the first wait.
-    assert settings.cds.max_attempts == 4
-    assert settings.cds.backoff_initial_seconds == 2.0
+    assert settings.cds.client_settings().max_attempts == 4
+    assert settings.cds.client_settings().backoff_initial_seconds == 2.0
     # As the original: CDS, ALLWISE, best match within 1″.
     assert settings.engine == "cds"
     assert settings.catalogs == (ALLWISE_SPEC,)
     assert settings.output_precision == "double"
     assert settings.consumer_credentials is not None
     assert settings.consumer_credentials.username == "alerce"
-    assert settings.consumer_credentials.password.reveal() == SASL_SECRET
+    assert settings.consumer_credentials.password.get_secret_value() == SASL_SECRET
     kafka = PipelineServices(settings).kafka.as_dict()
     assert kafka["security.protocol"] == "SASL_SSL"
     assert kafka["sasl.mechanisms"] == "SCRAM-SHA-512"
 
 
-def test_secrets_never_show_in_settings_or_clients(monkeypatch: pytest.MonkeyPatch) -> None:
-    use_environment(monkeypatch, ORIGINAL)
-    settings = load_settings(os.environ)
+def test_secrets_never_show_in_settings_or_clients() -> None:
+    environment = ORIGINAL
+    settings = load_settings(environment)
     services = PipelineServices(settings)
     shown = " ".join(
         [
@@ -217,23 +213,18 @@ def test_secrets_never_show_in_settings_or_clients(monkeypatch: pytest.MonkeyPat
     assert DB_SECRET in settings.database.sqlalchemy_url()
 
 
-def test_local_engine_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_local_engine_settings(tmp_path: Path) -> None:
     assert "allwise=" in _problems(
-        monkeypatch,
-        MINIMAL | {"XMATCH_ENGINE": "local", "XMATCH_LOCAL_CATALOGS": f"allwise={tmp_path}"},
+        MINIMAL | {"XMATCH_ENGINE": "local", "XMATCH_LOCAL_CATALOGS": f"allwise={tmp_path}"}
     )
     (tmp_path / "manifest.json").write_text("{}")  # only its presence is checked here
-    use_environment(
-        monkeypatch,
-        MINIMAL
-        | {
-            "XMATCH_ENGINE": "local",
-            "XMATCH_LOCAL_CATALOGS": f"allwise={tmp_path}",
-            "XMATCH_MAX_MESSAGES_PER_RUN": "250",
-            "CONSUME_MESSAGES": "1000",
-        },
-    )
-    settings = load_settings(os.environ)
+    environment = MINIMAL | {
+        "XMATCH_ENGINE": "local",
+        "XMATCH_LOCAL_CATALOGS": f"allwise={tmp_path}",
+        "XMATCH_MAX_MESSAGES_PER_RUN": "250",
+        "CONSUME_MESSAGES": "1000",
+    }
+    settings = load_settings(environment)
     assert settings.engine == "local"
     assert settings.local_catalog_directories == {"allwise": tmp_path}
     assert settings.max_messages_per_run == 250  # the new variable wins over the original's
@@ -241,21 +232,17 @@ def test_local_engine_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 
 
 def test_a_private_ca_reaches_every_kafka_client_and_the_publisher_uses_producer_credentials(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
-    use_environment(
-        monkeypatch,
-        ORIGINAL
-        | {
-            "PRODUCER_KAFKA_USERNAME": "alerce-writer",
-            "METRICS_KAFKA_USERNAME": "alerce-metrics",
-            "METRICS_KAFKA_PASSWORD": "metrics-secret",
-            "XMATCH_KAFKA_SSL_CA_LOCATION": str(ca),
-        },
-    )
-    services = PipelineServices(load_settings(os.environ))
+    environment = ORIGINAL | {
+        "PRODUCER_KAFKA_USERNAME": "alerce-writer",
+        "METRICS_KAFKA_USERNAME": "alerce-metrics",
+        "METRICS_KAFKA_PASSWORD": "metrics-secret",
+        "XMATCH_KAFKA_SSL_CA_LOCATION": str(ca),
+    }
+    services = PipelineServices(load_settings(environment))
 
     reader, publisher = services.kafka.as_dict(), services.publisher_kafka.as_dict()
     assert reader["ssl.ca.location"] == publisher["ssl.ca.location"] == str(ca)
@@ -264,14 +251,11 @@ def test_a_private_ca_reaches_every_kafka_client_and_the_publisher_uses_producer
     assert "PRODUCER_KAFKA_USERNAME" in services.publisher_kafka.credential_variables
 
 
-def test_without_producer_credentials_the_publisher_uses_the_readers(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_without_producer_credentials_the_publisher_uses_the_readers() -> None:
     environment = {
         key: value for key, value in ORIGINAL.items() if not key.startswith("PRODUCER_KAFKA")
     }
-    use_environment(monkeypatch, environment)
-    services = PipelineServices(load_settings(os.environ))
+    services = PipelineServices(load_settings(environment))
     assert services.publisher_kafka is services.kafka
     assert "ssl.ca.location" not in services.kafka.as_dict()  # the system's CAs
 
@@ -288,14 +272,28 @@ def test_a_bad_ca_location_is_named_with_what_to_give(
     content: str | None,
     credentials: bool,
     problem: str,
-    monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
     ca = tmp_path / "ca.pem"
     if content is not None:
         ca.write_text(content)
     base = ORIGINAL if credentials else MINIMAL
-    use_environment(monkeypatch, base | {"XMATCH_KAFKA_SSL_CA_LOCATION": str(ca)})
+    environment = base | {"XMATCH_KAFKA_SSL_CA_LOCATION": str(ca)}
     with pytest.raises(SettingsError, match="XMATCH_KAFKA_SSL_CA_LOCATION") as raised:
-        load_settings(os.environ)
+        load_settings(environment)
     assert problem in str(raised.value)
+
+
+def test_the_readme_table_is_generated_from_the_declarations() -> None:
+    """Run ``python -m xmatch_pipeline.settings_table`` after changing a setting."""
+    readme = README.read_text()
+    assert readme_with_table(readme) == readme
+    for name in setting_names():
+        assert f"| `{name}` |" in readme
+
+
+def test_every_declared_variable_is_read_and_an_unknown_one_ignored() -> None:
+    settings = load_settings(MINIMAL | {"CONSUME_TIMEOUT": "2.5", "NOT_OURS": "x"})
+    assert settings.consume_timeout_seconds == 2.5
+    assert PipelineServices(settings).microbatch_config().settings.consume_timeout_seconds == 2.5
+    assert "NOT_OURS" not in setting_names()

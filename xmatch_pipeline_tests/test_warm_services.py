@@ -23,7 +23,6 @@ from xmatch_pipeline.cds_server.faults import Fault
 from xmatch_pipeline.match.cds_client import CdsXmatchClient
 from xmatch_pipeline.match.local_index import LocalCrossmatchEngine
 from xmatch_pipeline.offset_range import OffsetRange
-from xmatch_pipeline.orchestration.resources import XmatchResource
 from xmatch_pipeline.orchestration.sensors import run_request
 from xmatch_pipeline.run_planning import PlannedRun
 from xmatch_pipeline.services import PipelineServices
@@ -40,7 +39,7 @@ from xmatch_pipeline_tests.pipeline_fixtures import (
     read_committed,
     small_stream,
     unique_group,
-    use_environment,
+    xmatch_resource,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -74,7 +73,6 @@ def test_runs_in_one_process_reuse_the_clients_and_a_failed_run_leaves_nothing_b
     kafka_bootstrap: str,
     fresh_database_url: str,
     new_topic: Callable[..., str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     stream = small_stream(shared_data_dir, tmp_path)
     topic, output = new_topic("warm-in"), new_topic("warm-out")
@@ -90,16 +88,16 @@ def test_runs_in_one_process_reuse_the_clients_and_a_failed_run_leaves_nothing_b
         XMATCH_CHUNK_MESSAGES="2",
         RETRIES="0",
     )
-    use_environment(monkeypatch, environment)
+    xmatch = xmatch_resource(environment)
     produce_values(kafka_bootstrap, topic, stream.messages[: 3 * RUN_SIZE])
     instance = DagsterInstance.ephemeral()
 
     def run(start: int, attempt: int = 1) -> bool:
         planned = PlannedRun(OffsetRange(topic, 0, start, start + RUN_SIZE), attempt, "test")
-        return execute_request(instance, run_request(planned)).success
+        return execute_request(xmatch, instance, run_request(planned)).success
 
     assert run(0)
-    services = XmatchResource().services()
+    services = xmatch_resource(environment).services()
     database, engine = services.database, services.crossmatch_engine
     run_offsets = services.run_offsets_reader  # the start check's and the topic limits'
     assert isinstance(engine, CdsXmatchClient)
@@ -124,7 +122,7 @@ def test_runs_in_one_process_reuse_the_clients_and_a_failed_run_leaves_nothing_b
     assert run(RUN_SIZE, attempt=2)
     assert run(2 * RUN_SIZE)
     # The same clients served every run.
-    again = XmatchResource().services()
+    again = xmatch_resource(environment).services()
     assert again is services
     assert again.database is database
     assert again.crossmatch_engine is engine
@@ -150,7 +148,6 @@ def test_the_local_index_stays_warm_across_runs(
     kafka_bootstrap: str,
     fresh_database_url: str,
     new_topic: Callable[..., str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     stream = small_stream(shared_data_dir, tmp_path)
     topic, output = new_topic("warm-local-in"), new_topic("warm-local-out")
@@ -162,14 +159,14 @@ def test_the_local_index_stays_warm_across_runs(
         group_id=unique_group(),
         index_dir=stream.index_dir,
     )
-    use_environment(monkeypatch, environment)
+    xmatch = xmatch_resource(environment)
     produce_values(kafka_bootstrap, topic, stream.messages[: 2 * RUN_SIZE])
     instance = DagsterInstance.ephemeral()
     caches = []
     for start in (0, RUN_SIZE):
         planned = PlannedRun(OffsetRange(topic, 0, start, start + RUN_SIZE), 1, "test")
-        assert execute_request(instance, run_request(planned)).success
-        engine = XmatchResource().services().crossmatch_engine
+        assert execute_request(xmatch, instance, run_request(planned)).success
+        engine = xmatch_resource(environment).services().crossmatch_engine
         assert isinstance(engine, LocalCrossmatchEngine)
         caches.append(engine.index("allwise").cache)
         assert caches[-1].cached_bytes > 0
@@ -177,9 +174,7 @@ def test_the_local_index_stays_warm_across_runs(
     assert len(read_committed(kafka_bootstrap, output)) == 2 * RUN_SIZE
 
 
-def test_a_few_settings_are_kept_and_the_oldest_disposed(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_few_settings_are_kept_and_the_oldest_disposed(database_url: str) -> None:
     def settings(group: str) -> dict[str, str]:
         return pipeline_environment(
             kafka_bootstrap="127.0.0.1:9",

@@ -111,7 +111,10 @@ def _job_run(offset_range: OffsetRange) -> dict[str, Any]:
 
     result = xmatch_microbatch.execute_in_process(
         run_config=microbatch_run_config(offset_range),
-        resources={"xmatch": XmatchResource(), "io_manager": mem_io_manager},
+        resources={
+            "xmatch": XmatchResource(load_settings(os.environ)),
+            "io_manager": mem_io_manager,
+        },
     )
     if not result.success:
         raise RuntimeError("the xmatch_microbatch run failed")
@@ -130,7 +133,10 @@ def _job(settings: PipelineSettings, offset_range: OffsetRange) -> Callable[[], 
                "start_offset": warm_up.start, "end_offset": warm_up.end}]  # fmt: skip
     result = xmatch_backfill.execute_in_process(
         run_config={"ops": {"backfill_offset_ranges": {"config": {"ranges": ranges}}}},
-        resources={"xmatch": XmatchResource(), "io_manager": mem_io_manager},
+        resources={
+            "xmatch": XmatchResource(load_settings(os.environ)),
+            "io_manager": mem_io_manager,
+        },
     )
     if not result.success:
         raise RuntimeError("the warm-up backfill run failed")

@@ -75,7 +75,7 @@ def run_naive(
     database = settings.database
     connection = psycopg2.connect(
         host=database.host, port=database.port, user=database.user,
-        password=database.password.reveal(), dbname=database.name,
+        password=database.password.get_secret_value(), dbname=database.name,
     )  # fmt: skip
     connection.autocommit = True
     cursor = connection.cursor()

@@ -27,7 +27,7 @@ METHOD_NOTES = [
     "its clients built and its catalog opened inside the clock, as with a process per run; "
     "the child creates the tables of the code it runs just before.",
     "- **pipeline**: `xmatch_microbatch.execute_in_process(run_config, resources="
-    "{'xmatch': XmatchResource(), 'io_manager': mem_io_manager})` — the three ops "
+    "{'xmatch': XmatchResource(settings), 'io_manager': mem_io_manager})` — the three ops "
     "(check the range and lag, the micro-batch, metrics/materializations), settings from "
     "the environment, local engine, output in double precision.",
     "- **runner alone**: `PipelineServices(load_settings(env)).runner().run(range, "

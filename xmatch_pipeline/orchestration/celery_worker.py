@@ -135,7 +135,7 @@ def _import_code_location() -> None:
     from xmatch_pipeline.orchestration import definitions
 
     # Build the repository once so that each run's job lookup finds it built.
-    definitions.defs.get_repository_def()
+    definitions.defs().get_repository_def()
 
 
 class _RunLog:

@@ -1,9 +1,15 @@
-"""The code location. Settings are validated here, when it loads: a bad setting stops the
-load with a message naming every variable at fault."""
+"""The code location. Everything is built from validated settings in ``build_definitions``;
+tests call it with settings of their own, and importing this module reads nothing.
+
+Dagster loads ``defs`` (lazy definitions): the first load validates the environment's
+settings, and a bad setting stops it with a message naming every variable at fault. The
+result is kept, so a long-lived worker's every run finds the same repository built.
+"""
 
 import os
+from functools import cache
 
-from dagster import Definitions, mem_io_manager
+from dagster import Definitions, definitions, mem_io_manager
 
 from xmatch_pipeline.orchestration.assets import ASSET_SPECS
 from xmatch_pipeline.orchestration.failure_sensor import build_run_failure_alerts
@@ -24,8 +30,16 @@ def build_definitions(settings: PipelineSettings) -> Definitions:
             build_run_failure_alerts(),
         ],
         # Ops hand each other small reports in one process: nothing to keep on disk.
-        resources={"xmatch": XmatchResource(), "io_manager": mem_io_manager},
+        resources={"xmatch": XmatchResource(settings), "io_manager": mem_io_manager},
     )
 
 
-defs = build_definitions(load_settings(os.environ))
+@cache
+def _from_environment() -> Definitions:
+    return build_definitions(load_settings(os.environ))
+
+
+@definitions
+def defs() -> Definitions:
+    """The deployment's definitions, from ``os.environ``, built once per process."""
+    return _from_environment()

@@ -24,6 +24,7 @@ from dagster import (
     Out,
     Output,
     PartitionedConfig,
+    ResourceParam,
     in_process_executor,
     job,
     op,
@@ -100,7 +101,7 @@ class BackfillConfig(Config):
 
 
 def _partition_lag(
-    context: OpExecutionContext, xmatch: XmatchResource, offset_range: OffsetRange
+    context: OpExecutionContext, xmatch: ResourceParam[XmatchResource], offset_range: OffsetRange
 ) -> PartitionLag | None:
     """The partition's lag, or None when Kafka cannot say now: lag is only metadata, and
     right after a transactional commit the broker briefly refuses the group's offsets
@@ -118,7 +119,7 @@ def _partition_lag(
 
 @op(out=Out(OffsetRange))
 def check_offset_range(
-    context: OpExecutionContext, config: OffsetRangeConfig, xmatch: XmatchResource
+    context: OpExecutionContext, config: OffsetRangeConfig, xmatch: ResourceParam[XmatchResource]
 ) -> Iterator[Output[OffsetRange]]:
     """Note the group's lag before the run, and refuse early a live range that does not start
     at the group's offset (the runner enforces it in any case, even when the lag is unknown).
@@ -140,7 +141,7 @@ def check_offset_range(
 
 @op
 def crossmatch_offset_range(
-    context: OpExecutionContext, offset_range: OffsetRange, xmatch: XmatchResource
+    context: OpExecutionContext, offset_range: OffsetRange, xmatch: ResourceParam[XmatchResource]
 ) -> MicrobatchReport:
     """Read → decode → match → store → publish and commit the offsets, exactly once (in a
     backfill: rewrite the rows, and produce the output only if asked)."""
@@ -159,7 +160,7 @@ def crossmatch_offset_range(
 
 @op(ins={"report": In(MicrobatchReport)}, out=Out(Nothing))
 def record_run_metrics(
-    context: OpExecutionContext, report: MicrobatchReport, xmatch: XmatchResource
+    context: OpExecutionContext, report: MicrobatchReport, xmatch: ResourceParam[XmatchResource]
 ) -> Iterator[AssetMaterialization | AssetCheckEvaluation]:
     """Lineage, metrics and the range's asset checks in the UI; the original's metrics
     message when configured."""
@@ -182,7 +183,7 @@ def xmatch_microbatch() -> None:
 
 @op(out=Out(Nothing))
 def backfill_offset_ranges(
-    context: OpExecutionContext, config: BackfillConfig, xmatch: XmatchResource
+    context: OpExecutionContext, config: BackfillConfig, xmatch: ResourceParam[XmatchResource]
 ) -> Iterator[AssetMaterialization]:
     """Process each range again; upserts make a processed range leave the tables unchanged.
     Each range is also added as a partition, so the partitions view shows it."""
@@ -234,7 +235,7 @@ class OffsetRangesToAdd(Config):
 
 @op(out=Out(Nothing))
 def add_offset_range_partitions(
-    context: OpExecutionContext, config: OffsetRangesToAdd, xmatch: XmatchResource
+    context: OpExecutionContext, config: OffsetRangesToAdd, xmatch: ResourceParam[XmatchResource]
 ) -> None:
     """Split the offsets into ranges and add each as a partition of ``offset_ranges``."""
     services = xmatch.services()

@@ -15,6 +15,7 @@ from dagster import (
     DagsterRunStatus,
     DefaultSensorStatus,
     MetadataValue,
+    ResourceParam,
     RunRequest,
     RunsFilter,
     SensorDefinition,
@@ -195,7 +196,9 @@ def build_kafka_lag_sensor(minimum_interval_seconds: int) -> SensorDefinition:
         default_status=DefaultSensorStatus.RUNNING,
         description="Requests one xmatch_microbatch run per lagging input partition.",
     )
-    def kafka_lag_sensor(context: SensorEvaluationContext, xmatch: XmatchResource) -> SensorResult:
+    def kafka_lag_sensor(
+        context: SensorEvaluationContext, xmatch: ResourceParam[XmatchResource]
+    ) -> SensorResult:
         return evaluate_lag(context, xmatch)
 
     return kafka_lag_sensor

@@ -1,14 +1,25 @@
-"""Creating the schema: idempotent, and safe when several processes start at once.
+"""The schema at start: numbered Alembic migrations, applied under one advisory lock.
 
-Every run and the sensor may call :func:`ensure_schema` on start. ``CREATE ... IF NOT
-EXISTS`` alone still races (two sessions both see "missing" and one fails on the catalog's
-unique index), so the DDL runs under a transaction-scoped advisory lock.
+Every run and the sensor call :func:`ensure_schema` on start. It upgrades the database to
+the newest revision in ``store/migrations/versions/`` (recorded in the table
+``xmatch_pipeline_schema_version``, not Alembic's default name, which Dagster's own storage
+uses). Two processes starting at once would race (both see "missing", one fails on the
+catalog's unique index), so the whole upgrade runs in one transaction under a
+transaction-scoped advisory lock: the second process waits, then finds nothing to do.
+
+A schema change is a new revision file plus the same change in ``tables.py``;
+``test_store_migrations`` fails while the two differ. ``versions/__init__.py`` says how.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.dialects.postgresql import ExcludeConstraint
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -19,7 +30,6 @@ from xmatch_pipeline.store.errors import SchemaError, database_unavailable
 from xmatch_pipeline.store.tables import (
     LEDGER_LIVE_OVERLAP_CONSTRAINT,
     allwise_table,
-    metadata,
     offset_range_ledger_table,
     xmatch_table,
 )
@@ -27,12 +37,17 @@ from xmatch_pipeline.store.tables import (
 SCHEMA_LOCK_KEY: Final = advisory_key("xmatch_pipeline.store.schema")
 REQUIRED_EXTENSION: Final = "btree_gist"
 _INSUFFICIENT_PRIVILEGE: Final = "42501"
+VERSION_TABLE: Final = "xmatch_pipeline_schema_version"
+"""Where the applied revision is recorded (set in ``migrations/env.py`` too)."""
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Create the extension and the tables if missing, and check existing ones hold doubles.
+    """Create the extension, apply the migrations not yet applied, and check what was there.
 
-    A server that cannot be reached raises :class:`DatabaseUnavailableError`.
+    Tables that existed before (made by the pipeline before it had migrations, or by the
+    original step) are kept with their rows; the checks refuse the ones it cannot use. A
+    refusal rolls the whole upgrade back. A server that cannot be reached raises
+    :class:`DatabaseUnavailableError`.
     """
     try:
         connection = engine.connect()
@@ -41,9 +56,45 @@ def ensure_schema(engine: Engine) -> None:
     with connection, connection.begin():
         connection.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
         _ensure_extension(connection)
-        metadata.create_all(connection, checkfirst=True)
+        _upgrade_to_head(connection)
         _refuse_single_precision(connection)
         _refuse_ledger_without_consumer_group(connection)
+
+
+def migrations_config() -> Config:
+    """Alembic's configuration for the pipeline's revisions (no ``alembic.ini`` needed)."""
+    config = Config()
+    config.set_main_option("script_location", "xmatch_pipeline.store:migrations")
+    return config
+
+
+def head_revision() -> str:
+    """The newest revision this code knows."""
+    head = ScriptDirectory.from_config(migrations_config()).get_current_head()
+    if head is None:
+        raise SchemaError("xmatch_pipeline.store.migrations has no revision")
+    return head
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The revision the database is at; None before the first upgrade."""
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def _upgrade_to_head(connection: Connection) -> None:
+    config = migrations_config()
+    config.attributes["connection"] = connection
+    try:
+        command.upgrade(config, "head")
+    except CommandError as error:
+        # The usual cause: a newer deployment migrated this database further than this code
+        # knows (its revision is not among ours).
+        raise SchemaError(
+            f"cannot migrate the schema of {_server_description(connection)} (at revision "
+            f"{current_revision(connection)!r}, this code knows up to {head_revision()!r}): "
+            f"{error}; run the newest xmatch_pipeline against this database"
+        ) from error
 
 
 def _ensure_extension(connection: Connection) -> None:
