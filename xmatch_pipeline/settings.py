@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
@@ -26,6 +26,7 @@ from xmatch_pipeline.match.cds_client import (
 from xmatch_pipeline.match.index_manifest import MANIFEST_FILE
 from xmatch_pipeline.publish.dead_letter import dead_letter_topic_for
 from xmatch_pipeline.read.topic_selection import topics_from_list
+from xmatch_pipeline.survey import TopicSurveys
 
 EngineName = Literal["cds", "local"]
 OutputPrecision = Literal["double", "float32"]
@@ -135,6 +136,11 @@ class PipelineSettings:
     max_run_attempts: int = 3
     output_precision: OutputPrecision = "double"
     use_match_cache: bool = True
+    topic_surveys: TopicSurveys = field(default_factory=TopicSurveys)
+    """The survey of each input topic (``XMATCH_SURVEY``, ``XMATCH_TOPIC_SURVEYS``)."""
+    lsst_schema_registry_url: str | None = None
+    lsst_registry_timeout_seconds: float = 10.0
+    lsst_registry_retries: int = 3
 
 
 def _catalog_from_json(entry: object, index: int) -> CatalogSpec:
@@ -317,6 +323,36 @@ def _local_catalogs(reader: _Reader) -> dict[str, Path]:
     return directories
 
 
+def _topic_surveys(reader: _Reader) -> TopicSurveys:
+    default = reader.text("XMATCH_SURVEY", "ztf", default="ztf")
+    rules = reader.optional("XMATCH_TOPIC_SURVEYS")
+    try:
+        surveys = TopicSurveys.parse(default, rules)
+    except ValueError as error:
+        reader.problems.append(
+            f"XMATCH_SURVEY={default!r} / XMATCH_TOPIC_SURVEYS={rules!r}: {error}; the survey "
+            "is 'ztf' or 'lsst', the rules regex=survey pairs, e.g. 'lsst-alerts.*=lsst'"
+        )
+        return TopicSurveys()
+    return surveys
+
+
+def _lsst_schema_registry(reader: _Reader, surveys: TopicSurveys) -> str | None:
+    """The registry URL, or None to use lsst-alert-packet's schemas (checked installed)."""
+    url = reader.optional("XMATCH_LSST_SCHEMA_REGISTRY_URL")
+    if url is not None and not url.startswith(("http://", "https://")):
+        reader.problems.append(f"XMATCH_LSST_SCHEMA_REGISTRY_URL={url!r} must be http(s)://")
+        return None
+    if url is None and surveys.names("lsst"):
+        from xmatch_pipeline.decode.lsst_schemas import packaged_lsst_schemas
+
+        try:
+            packaged_lsst_schemas()
+        except ValueError as error:
+            reader.problems.append(f"XMATCH_SURVEY / XMATCH_TOPIC_SURVEYS name LSST: {error}")
+    return url
+
+
 def load_settings(environment: Mapping[str, str]) -> PipelineSettings:
     """Build and validate the settings; raise SettingsError listing every problem."""
     reader = _Reader(environment)
@@ -408,6 +444,8 @@ def load_settings(environment: Mapping[str, str]) -> PipelineSettings:
     ca_location = _ssl_ca_location(
         reader, consumer_credentials, producer_credentials, metrics_credentials
     )
+    topic_surveys = _topic_surveys(reader)
+    registry_url = _lsst_schema_registry(reader, topic_surveys)
     max_messages = reader.integer(
         "XMATCH_MAX_MESSAGES_PER_RUN", reader.integer("CONSUME_MESSAGES", 5_000, 1), 1
     )
@@ -445,6 +483,12 @@ def load_settings(environment: Mapping[str, str]) -> PipelineSettings:
         output_precision="float32" if precision == "float32" else "double",
         # Worth it where every call is remote (CDS); a local index is faster than the lookup.
         use_match_cache=reader.boolean("XMATCH_MATCH_CACHE", engine == "cds"),
+        topic_surveys=topic_surveys,
+        lsst_schema_registry_url=registry_url,
+        lsst_registry_timeout_seconds=reader.number(
+            "XMATCH_LSST_SCHEMA_REGISTRY_TIMEOUT", 10.0, minimum=0.1
+        ),
+        lsst_registry_retries=reader.integer("XMATCH_LSST_SCHEMA_REGISTRY_RETRIES", 3),
     )
     if settings.metrics_topic is not None and settings.metrics_bootstrap_servers is None:
         settings = _replace_metrics_host(settings, consumer_server)
