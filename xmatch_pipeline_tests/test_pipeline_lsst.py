@@ -28,10 +28,13 @@ from dagster import DagsterInstance
 
 from xmatch_pipeline.decode.alert_schema import schema_from_text
 from xmatch_pipeline.decode.avro_codec import decode_alert
-from xmatch_pipeline.decode.lsst_schemas import PackagedLsstSchemas, packaged_lsst_schemas
+from xmatch_pipeline.decode.lsst_schemas import (
+    PackagedLsstSchemas,
+    SchemaRegistryUnavailableError,
+    packaged_lsst_schemas,
+)
 from xmatch_pipeline.decode.wire_format import split_wire_message, wire_message
 from xmatch_pipeline.match.allwise import CDS_COLUMNS
-from xmatch_pipeline.microbatch import MicrobatchError
 from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.publish.dead_letter import HEADER_ERROR_TYPE, HEADER_REASON
 from xmatch_pipeline.publish.enriched_alert import XMATCHES_FIELD
@@ -139,7 +142,7 @@ def _bad_lsst_messages() -> list[tuple[bytes, str]]:
     return [
         (wire_message(4_242, latest.payload), "unknown LSST schema id 4242"),
         (b"\x07" + latest.value[1:], "magic byte 0x07, expected 0x00"),
-        (latest.value[:2_000], f"do not match schema id {latest.schema_id}"),
+        (latest.value[: len(latest.value) // 2], f"do not match schema id {latest.schema_id}"),
         (latest.value[:4], "truncated Confluent wire message: 4 bytes"),
     ]
 
@@ -246,7 +249,11 @@ def test_a_deployment_reading_ztf_and_lsst_topics_matches_both_exactly_once(
         reason = next(r for value, r in bad if value == message.value)
         assert reason in message.headers[HEADER_REASON].decode()
         assert message.headers[HEADER_ERROR_TYPE] == b"AlertDecodeError"
-    assert group_offsets(kafka_bootstrap, group, lsst_topic) == {0: 17, 1: 17}
+    total = len(lsst_messages)
+    assert group_offsets(kafka_bootstrap, group, lsst_topic) == {
+        0: (total + 1) // 2,
+        1: total // 2,
+    }
 
     # Database: objects and matches carry their survey; ZTF's stay as they were.
     objects = set(query(own_database_url, "SELECT oid, sid FROM object"))
@@ -321,9 +328,9 @@ def test_with_a_schema_registry_the_output_schema_is_registered_and_a_silent_reg
         registry.silent = True
         services = PipelineServices(load_settings(environment))
         try:
-            with pytest.raises(Exception, match="did not give LSST schema id") as raised:
+            # The system's fault: the run fails (the sensor retries it), nothing is visible.
+            with pytest.raises(SchemaRegistryUnavailableError, match="did not give LSST schema"):
                 services.runner().run(everything, run_id="registry-silent")
-            assert not isinstance(raised.value, MicrobatchError) or "registry" in str(raised.value)
             assert group_offsets(kafka_bootstrap, group, input_topic) == {0: None}
             assert read_committed(kafka_bootstrap, output_topic) == []
             assert query(own_database_url, "SELECT oid FROM object") == []

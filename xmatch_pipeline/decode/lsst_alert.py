@@ -1,6 +1,9 @@
 """Decode one Rubin alert: Confluent wire framing, schema by id, the whole record.
 
-What the pipeline reads of it: ``diaSource.diaSourceId`` (the match key, as ZTF's
+Every byte is checked as the ZTF scan checks it (``record_scan.compile_validator``: a
+record cut inside a cutout is refused, fastavro alone would read what is there), then the
+record is read whole with fastavro. What the pipeline reads of it:
+``diaSource.diaSourceId`` (the match key, as ZTF's
 ``candid``), ``diaSource.ra`` / ``dec`` (``decl`` before schema 5.0) in degrees, and the
 object id ``diaSource.diaObjectId``, or ``diaObject.diaObjectId`` where the source leaves
 it null (as Rubin's sample alerts do). Both ids are Avro ``long``: Python ints, exact.
@@ -9,17 +12,31 @@ it null (as Rubin's sample alerts do). Both ids are Avro ``long``: Python ints, 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import fastavro
 
-from xmatch_pipeline.decode.alert_schema import AlertSchema
+from xmatch_pipeline.decode.alert_schema import MAX_CACHED_SCHEMAS, AlertSchema
 from xmatch_pipeline.decode.errors import AlertDecodeError
 from xmatch_pipeline.decode.lsst_schemas import LsstSchemaSource
+from xmatch_pipeline.decode.record_scan import ScanError, compile_validator
 from xmatch_pipeline.decode.wire_format import split_wire_message
 
 DECLINATION_FIELDS: Final = ("dec", "decl")
+
+Validator = Callable[[bytes | memoryview], None]
+_validators: dict[bytes, Validator | None] = {}
+
+
+def _validator(schema: AlertSchema) -> Validator | None:
+    """The byte-level check of ``schema``'s records, compiled once per schema text."""
+    if schema.text not in _validators:
+        if len(_validators) >= MAX_CACHED_SCHEMAS:
+            _validators.pop(next(iter(_validators)))
+        _validators[schema.text] = compile_validator(schema.as_json())
+    return _validators[schema.text]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +128,15 @@ def decode_lsst_alert(
         schema = schemas.schema_for_id(schema_id)
         payload = bytes(view)
         buffer = io.BytesIO(payload)
+        validate = _validator(schema)
         try:
+            if validate is not None:
+                validate(payload)
             record = fastavro.schemaless_reader(buffer, schema.parsed, None)
+        except (ScanError, UnicodeDecodeError) as error:
+            raise AlertDecodeError(
+                f"LSST alert data do not match schema id {schema_id}: {error}"
+            ) from error
         except Exception as error:  # fastavro signals bad data with many exception types
             raise AlertDecodeError(
                 f"LSST alert data do not match schema id {schema_id}: "
