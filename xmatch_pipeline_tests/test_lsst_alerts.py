@@ -186,3 +186,24 @@ def test_the_enriched_lsst_alert_keeps_rubins_framing_under_an_id_of_its_own(
     assert split_wire_message(float32)[0] == 2_000_000 + samples[-1].schema_id
     with pytest.raises(ValueError, match="not an output id"):
         output_schema_for_fixed_id(1101, schemas)
+
+
+def test_the_cli_prints_the_schema_behind_an_output_id_and_refuses_rubins_own(
+    schemas: PackagedLsstSchemas,
+) -> None:
+    from typer.testing import CliRunner
+
+    from xmatch_pipeline.cli.main import app
+
+    runner = CliRunner()
+    printed = runner.invoke(app, ["lsst", "output-schema", "1000704"])
+    assert printed.exit_code == 0, printed.output
+    document = json.loads(printed.stdout)
+    assert document["fields"][-1] == xmatches_field("double")
+    assert document["fields"][:-1] == schemas.schema_for_id(704).as_json()["fields"]
+    refused = runner.invoke(app, ["lsst", "output-schema", "704"])
+    assert refused.exit_code == 2
+    assert "not an output id" in refused.output
+    unknown = runner.invoke(app, ["lsst", "output-schema", "1004242"])
+    assert unknown.exit_code == 2
+    assert "unknown LSST schema id 4242" in unknown.output

@@ -355,3 +355,19 @@ def test_with_a_schema_registry_the_output_schema_is_registered_and_a_silent_reg
         (letter,) = read_committed(kafka_bootstrap, dead_letter_topic)
         assert "unknown LSST schema id 77" in letter.headers[HEADER_REASON].decode()
         assert "does not know it" in letter.headers[HEADER_REASON].decode()
+
+
+def test_the_cli_puts_rubins_samples_on_a_topic_in_rubins_framing(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    from typer.testing import CliRunner
+
+    from xmatch_pipeline.cli.main import app
+
+    topic = new_topic("lsst-samples")
+    result = CliRunner().invoke(app, ["lsst", "samples", "--topic", topic, "-b", kafka_bootstrap])
+    assert result.exit_code == 0, result.output
+    received = read_committed(kafka_bootstrap, topic)
+    schemas = PackagedLsstSchemas()
+    assert sorted(split_wire_message(m.value)[0] for m in received) == list(schemas.known_ids)
+    assert {m.key for m in received} == {b"281323062375219201"}
