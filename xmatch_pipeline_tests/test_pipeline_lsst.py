@@ -26,6 +26,7 @@ import pytest
 from astropy.coordinates import SkyCoord
 from dagster import DagsterInstance
 
+from xmatch_pipeline.alert_tools.tail import tail_summaries
 from xmatch_pipeline.decode.alert_schema import schema_from_text
 from xmatch_pipeline.decode.avro_codec import decode_alert
 from xmatch_pipeline.decode.lsst_schemas import (
@@ -136,6 +137,10 @@ def lsst_stream(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     return LsstStream(alerts, catalog, index_dir)
 
 
+def split_source_ids(stream: LsstStream) -> list[int]:
+    return [alert.record["diaSource"]["diaSourceId"] for alert in stream.alerts]
+
+
 def _bad_lsst_messages() -> list[tuple[bytes, str]]:
     """Undecodable LSST messages and the reason each must be dead-lettered with."""
     latest = sample_alerts()[-1]
@@ -241,6 +246,12 @@ def test_a_deployment_reading_ztf_and_lsst_topics_matches_both_exactly_once(
     ztf_out = [decode_alert(m.value) for m in received if m.value[:1] == b"O"]
     assert sorted(a.candid for a in ztf_out) == sorted(a.candid for a in ztf_alerts)
     assert len(received) == len(lsst_out) + len(ztf_out)
+    # What an operator's `alerts tail` shows: both surveys' ids.
+    summaries = list(tail_summaries(kafka_bootstrap, output_topic, len(received)))
+    assert sorted(x["diaSourceId"] for x in summaries if "diaSourceId" in x) == sorted(
+        split_source_ids(lsst_stream)
+    )
+    assert sum("candid" in x for x in summaries) == len(ztf_out)
 
     # Every undecodable LSST message is dead-lettered once, unchanged, with its reason.
     letters = read_committed(kafka_bootstrap, dead_letter_topic)
