@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Literal
 
 import pandas as pd
@@ -30,6 +31,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from xmatch_pipeline.bad_input import ScreenedAlert, screen_records
+from xmatch_pipeline.decode.lsst_alert import LsstAlert
+from xmatch_pipeline.decode.lsst_schemas import LsstSchemaSource
 from xmatch_pipeline.kafka_config import KafkaClientConfig, KafkaOperationError
 from xmatch_pipeline.match import allwise
 from xmatch_pipeline.match.alert_matching import CANDID, BatchMatches, crossmatch_alerts
@@ -45,6 +48,7 @@ from xmatch_pipeline.publish.kafka_transaction import (
     backfill_transactional_id,
     transactional_id_for,
 )
+from xmatch_pipeline.publish.lsst_output import LsstOutputSchemaIds, encode_enriched_lsst_alert
 from xmatch_pipeline.publish.message_limits import (
     MessageLimits,
     read_message_limits,
@@ -63,6 +67,7 @@ from xmatch_pipeline.store.match_writer import (
     write_match_batch,
 )
 from xmatch_pipeline.store.range_ledger import RangeCounts, RangeLedger
+from xmatch_pipeline.survey import Survey, TopicSurveys
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +91,10 @@ class MicrobatchConfig:
     reader's (``PRODUCER_KAFKA_…``); None: the same as ``kafka``."""
     stall_timeout_seconds: float = 60.0
     transaction_timeouts: TransactionTimeouts = field(default_factory=TransactionTimeouts)
+    #: Rubin's schemas by id, for LSST topics (packaged or a registry).
+    lsst_schemas: LsstSchemaSource | None = None
+    #: The enriched LSST alerts' schema ids (registered or fixed, ``publish.lsst_output``).
+    lsst_output_ids: LsstOutputSchemaIds | None = None
 
 
 @dataclass
@@ -187,6 +196,7 @@ class _RangeRun:
     report: MicrobatchReport
     allwise_matches: list[pd.DataFrame] = field(default_factory=list)
     limits: MessageLimits = field(default_factory=MessageLimits)
+    survey: Survey = "ztf"
 
 
 def _timed_iteration(
@@ -232,6 +242,7 @@ class MicrobatchRunner:
         self.ledger = RangeLedger(database, config.settings.consumer_group_id)
         self._match_cache = StoredMatchCache(database) if config.settings.use_match_cache else None
         self._stage_hook = stage_hook or (lambda stage: None)
+        self._lsst_output_ids = config.lsst_output_ids or LsstOutputSchemaIds(config.settings.output_topic)
 
     def run(
         self,
@@ -267,6 +278,13 @@ class MicrobatchRunner:
                 self._check_group_at_start(offset_range)
             self.ledger.record_started(offset_range, mode, run_id)
             run = _RangeRun(offset_range, mode, run_id, produce_output, report)
+            run.survey = self.config.settings.topic_surveys.survey_of(offset_range.topic)
+            if run.survey == "lsst" and self.config.lsst_schemas is None:
+                raise MicrobatchError(
+                    f"{offset_range}: topic {offset_range.topic!r} carries LSST alerts, but no "
+                    "LSST schemas are configured (install lsst-alert-packet or set "
+                    "XMATCH_LSST_SCHEMA_REGISTRY_URL)"
+                )
             try:
                 self._run_held(run, hold.still_held)
             except BaseException as error:
@@ -392,14 +410,16 @@ class MicrobatchRunner:
         report.bytes_in += sum(record.size for record in records)
         self._stage_hook("consumed")
         with _timed(report.seconds, "decode"):
-            alerts, dead_letters = screen_records(records)
+            alerts, dead_letters = screen_records(records, run.survey, self.config.lsst_schemas)
         self._stage_hook("crossmatching")
         with _timed(report.seconds, "crossmatch"):
             matches = crossmatch_alerts(
                 alerts,
                 self.engine,
                 self.config.settings.catalogs,
-                self._match_cache.known_matches if self._match_cache else None,
+                partial(self._match_cache.known_matches, survey=run.survey)
+                if self._match_cache
+                else None,
             )
         report.sent_to_engine += matches.sent_to_engine
         report.served_from_cache += matches.served_from_cache
@@ -464,12 +484,19 @@ class MicrobatchRunner:
         matches: BatchMatches,
     ) -> DeadLetter | None:
         config = self.config
+        xmatches = matches.xmatches_by_candid.get(screened.candid)
         try:
-            value = encode_enriched_alert(
-                screened.alert,
-                matches.xmatches_by_candid.get(screened.candid),
-                precision=config.settings.output_precision,
-            )
+            if isinstance(screened.alert, LsstAlert):
+                value = encode_enriched_lsst_alert(
+                    screened.alert,
+                    xmatches,
+                    self._lsst_output_ids,
+                    precision=config.settings.output_precision,
+                )
+            else:
+                value = encode_enriched_alert(
+                    screened.alert, xmatches, precision=config.settings.output_precision
+                )
         except (ValueError, TypeError, OverflowError) as error:
             return DeadLetter(
                 screened.record,
@@ -500,6 +527,7 @@ class MicrobatchRunner:
             allwise_rows=allwise.allwise_database_rows(combined) if combined is not None else [],
             xmatch_rows=allwise.xmatch_database_rows(combined) if combined is not None else [],
             step=self.config.step,
+            survey=run.survey,
         )
         counts = RangeCounts(
             alerts_in=run.report.messages_in,

@@ -23,12 +23,18 @@ from urllib.parse import urlsplit
 from confluent_kafka import Producer
 from sqlalchemy import Engine, create_engine
 
+from xmatch_pipeline.decode.lsst_schemas import (
+    LsstSchemaSource,
+    PackagedLsstSchemas,
+    RegistryLsstSchemas,
+)
 from xmatch_pipeline.kafka_config import KafkaClientConfig
 from xmatch_pipeline.match.cds_client import CdsXmatchClient
 from xmatch_pipeline.match.cds_session import SlotLimitedSession
 from xmatch_pipeline.match.engine import CrossmatchEngine
 from xmatch_pipeline.match.local_index import LocalCrossmatchEngine
 from xmatch_pipeline.microbatch import MicrobatchConfig, MicrobatchReport, MicrobatchRunner
+from xmatch_pipeline.publish.lsst_output import LsstOutputSchemaIds
 from xmatch_pipeline.read.kafka_offsets import KafkaOffsetsReader
 from xmatch_pipeline.read.kafka_reader_pool import KafkaReaderPool
 from xmatch_pipeline.read.topic_selection import select_topics
@@ -177,6 +183,28 @@ class PipelineServices:
             timeout_seconds=self.settings.kafka_admin_timeout_seconds,
         )
 
+    @cached_property
+    def lsst_schema_registry(self) -> RegistryLsstSchemas | None:
+        settings = self.settings
+        if settings.lsst_schema_registry_url is None:
+            return None
+        return RegistryLsstSchemas(
+            settings.lsst_schema_registry_url,
+            timeout_seconds=settings.lsst_registry_timeout_seconds,
+            max_retries=settings.lsst_registry_retries,
+        )
+
+    @cached_property
+    def lsst_schemas(self) -> LsstSchemaSource | None:
+        """Rubin's schemas by id for LSST topics: the registry's, else the packaged ones."""
+        if self.lsst_schema_registry is not None:
+            return self.lsst_schema_registry
+        return PackagedLsstSchemas() if self.settings.topic_surveys.names("lsst") else None
+
+    @cached_property
+    def lsst_output_ids(self) -> LsstOutputSchemaIds:
+        return LsstOutputSchemaIds(self.settings.output_topic, self.lsst_schema_registry)
+
     def microbatch_config(self) -> MicrobatchConfig:
         """The settings and the connections built from them; the step row dated now."""
         step = self.settings.step
@@ -191,6 +219,8 @@ class PipelineServices:
                 date=datetime.now(UTC),
                 comments=step.comments or None,
             ),
+            lsst_schemas=self.lsst_schemas,
+            lsst_output_ids=self.lsst_output_ids,
         )
 
     def runner(self) -> MicrobatchRunner:

@@ -43,6 +43,7 @@ from xmatch_pipeline.match.index_manifest import MANIFEST_FILE
 from xmatch_pipeline.publish.dead_letter import dead_letter_topic_for
 from xmatch_pipeline.range_checks import RangeCheckBounds
 from xmatch_pipeline.read.topic_selection import topics_from_list
+from xmatch_pipeline.survey import Survey, TopicSurveys
 
 EngineName = Literal["cds", "local"]
 OutputPrecision = Literal["double", "float32"]
@@ -432,6 +433,28 @@ class PipelineSettings(SettingsGroup):
         "accepted and ignored: a run always ends at its range's end offset",
         None,
     )
+    survey: Survey = setting(
+        "XMATCH_SURVEY",
+        "the survey of every input topic no rule of XMATCH_TOPIC_SURVEYS names: `ztf` or `lsst`",
+        "ztf",
+    )
+    topic_survey_rules: str | None = setting(
+        "XMATCH_TOPIC_SURVEYS",
+        "per-topic surveys, comma-separated `regex=survey` pairs, e.g. `lsst-alerts.*=lsst`",
+        None,
+    )
+    lsst_schema_registry_url: str | None = setting(
+        "XMATCH_LSST_SCHEMA_REGISTRY_URL",
+        "Confluent schema registry for LSST alerts; unset: lsst-alert-packet's schemas",
+        None,
+        validate_default=True,
+    )
+    lsst_registry_timeout_seconds: float = setting(
+        "XMATCH_LSST_SCHEMA_REGISTRY_TIMEOUT", "seconds per schema registry request", 10.0, ge=0.1
+    )
+    lsst_registry_retries: int = setting(
+        "XMATCH_LSST_SCHEMA_REGISTRY_RETRIES", "retries of a schema registry request", 3, ge=0
+    )
     check_min_match_rate: float = setting(
         "XMATCH_CHECK_MIN_MATCH_RATE",
         "asset check: the lowest share of a range's decoded alerts with a match (a sudden "
@@ -583,6 +606,39 @@ class PipelineSettings(SettingsGroup):
     @classmethod
     def _the_originals_batch_size(cls, value: object, info: ValidationInfo) -> object:
         return info.data.get("consume_messages", 5_000) if value is None else value
+
+    @field_validator("topic_survey_rules")
+    @classmethod
+    def _survey_rules(cls, value: str | None, info: ValidationInfo) -> str | None:
+        default = info.data.get("survey", "ztf")
+        try:
+            TopicSurveys.parse(default, value)
+        except ValueError as error:
+            raise ValueError(
+                f"XMATCH_SURVEY={default!r} / XMATCH_TOPIC_SURVEYS={value!r}: {error}; the survey "
+                "is 'ztf' or 'lsst', the rules regex=survey pairs, e.g. 'lsst-alerts.*=lsst'"
+            ) from None
+        return value
+
+    @field_validator("lsst_schema_registry_url")
+    @classmethod
+    def _registry_or_packaged_schemas(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"XMATCH_LSST_SCHEMA_REGISTRY_URL={value!r} must be http(s)://")
+        rules = info.data.get("topic_survey_rules")
+        if value is None and TopicSurveys.parse(info.data.get("survey", "ztf"), rules).names("lsst"):
+            from xmatch_pipeline.decode.lsst_schemas import packaged_lsst_schemas
+
+            try:
+                packaged_lsst_schemas()
+            except ValueError as error:
+                raise ValueError(f"XMATCH_SURVEY / XMATCH_TOPIC_SURVEYS name LSST: {error}") from None
+        return value
+
+    @property
+    def topic_surveys(self) -> TopicSurveys:
+        """The survey of each input topic (a run reads one topic, so one survey)."""
+        return TopicSurveys.parse(self.survey, self.topic_survey_rules)
 
     @field_validator("check_max_match_rate")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -75,19 +76,18 @@ def _batch(
 
 
 def _contents(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
-    orders = {
-        "object": "oid",
-        "allwise": "oid_catalog",
-        "xmatch": "oid, catid",
-        "step": "step_id",
+    """The tables as the original's readers see them: its own columns (ZTF's rows only)."""
+    queries = {
+        "object": "SELECT oid FROM object WHERE sid = 'ztf' ORDER BY oid",
+        "allwise": "SELECT * FROM allwise ORDER BY oid_catalog",
+        "xmatch": "SELECT oid, catid, oid_catalog, dist FROM xmatch WHERE sid = 'ztf' "
+        "ORDER BY oid, catid",
+        "step": "SELECT * FROM step ORDER BY step_id",
     }
     with engine.connect() as connection:
         return {
-            table: [
-                tuple(row)
-                for row in connection.execute(text(f"SELECT * FROM {table} ORDER BY {order}"))
-            ]
-            for table, order in orders.items()
+            table: [tuple(row) for row in connection.execute(text(statement))]
+            for table, statement in queries.items()
         }
 
 
@@ -292,3 +292,27 @@ def test_large_batch_is_written_in_bulk_statements(engine: Engine):
     assert counts.objects.inserted == counts.allwise.inserted == counts.xmatch.inserted == count
     inserts = [statement for statement in statements if statement.lstrip().startswith("INSERT")]
     assert len(inserts) < 50, f"{len(inserts)} INSERT statements for {count} rows per table"
+
+
+def test_a_ztf_object_and_an_lsst_object_of_the_same_id_never_collide(engine: Engine):
+    """The survey (sid) is part of the keys: one oid text, two objects, two matches."""
+    with engine.begin() as connection:
+        connection.execute(text("TRUNCATE object, allwise, xmatch, step CASCADE"))
+    oid = "281323062375219201"
+    ztf = _batch([oid], [_xmatch(oid, SOURCE_A, 0.2)])
+    lsst = replace(_batch([oid], [_xmatch(oid, SOURCE_B, 0.7)]), survey="lsst")
+    for batch in (ztf, lsst, lsst):  # the replay changes nothing
+        with engine.begin() as connection:
+            counts = write_match_batch(connection, batch, keep="nearest")
+    assert counts.objects == TableWriteCount()
+    assert counts.xmatch == TableWriteCount()
+    with engine.connect() as connection:
+        objects = connection.execute(text("SELECT oid, sid FROM object ORDER BY sid")).all()
+        matches = connection.execute(
+            text("SELECT sid, oid, oid_catalog, dist FROM xmatch ORDER BY sid")
+        ).all()
+    assert [tuple(row) for row in objects] == [(oid, "lsst"), (oid, "ztf")]
+    assert [tuple(row) for row in matches] == [
+        ("lsst", oid, SOURCE_B["oid_catalog"], 0.7),
+        ("ztf", oid, SOURCE_A["oid_catalog"], 0.2),
+    ]

@@ -12,6 +12,7 @@ from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.store.errors import OverlappingRangeError, SchemaError
 from xmatch_pipeline.store.range_ledger import RangeLedger
 from xmatch_pipeline.store.schema import ensure_schema
+from xmatch_pipeline_tests.pipeline_fixtures import fresh_database
 
 EXPECTED_TABLES = {"object", "allwise", "xmatch", "step", "offset_range_ledger"}
 
@@ -62,7 +63,8 @@ def test_schema_created_concurrently_by_two_sessions_and_again(
         allwise_types: dict[str, str] = {row.column_name: row.data_type for row in columns}
     assert len(allwise_types) == 16
     assert set(allwise_types.values()) == {"double precision"}
-    assert inspector.get_pk_constraint("xmatch")["constrained_columns"] == ["oid", "catid"]
+    assert inspector.get_pk_constraint("xmatch")["constrained_columns"] == ["oid", "sid", "catid"]
+    assert inspector.get_pk_constraint("object")["constrained_columns"] == ["oid", "sid"]
 
 
 def test_existing_real_columns_are_refused_with_the_fix(empty_engine: Engine):
@@ -86,6 +88,61 @@ def test_existing_real_columns_are_refused_with_the_fix(empty_engine: Engine):
             text("SELECT table_name FROM information_schema.tables WHERE table_schema = 'legacy'")
         ).scalars()
         assert set(legacy_tables) == {"allwise"}, "the refused call must roll its DDL back"
+
+
+TABLES_BEFORE_SURVEYS = """
+CREATE TABLE object (oid text PRIMARY KEY);
+CREATE TABLE allwise (oid_catalog text PRIMARY KEY, ra double precision);
+CREATE TABLE xmatch (
+    oid text NOT NULL REFERENCES object (oid), catid text NOT NULL,
+    oid_catalog text NOT NULL, dist double precision NOT NULL, PRIMARY KEY (oid, catid)
+);
+INSERT INTO object VALUES ('ZTF18aaaaaaa'), ('ZTF18bbbbbbb');
+INSERT INTO xmatch VALUES ('ZTF18aaaaaaa', 'allwise', 'J000000.00+000000.0', 0.25);
+"""
+
+
+def test_tables_from_before_lsst_get_the_survey_in_their_keys_and_keep_their_rows(
+    database_url: str,
+):
+    """The survey-column block: every existing row is ZTF's, readers' columns unchanged."""
+    with fresh_database(database_url) as url:
+        old = create_engine(url)
+        try:
+            _check_survey_block(old)
+        finally:
+            old.dispose()
+
+
+def _check_survey_block(old: Engine) -> None:
+    with old.begin() as connection:
+        connection.execute(text(TABLES_BEFORE_SURVEYS))
+    ensure_schema(old)
+    ensure_schema(old)  # idempotent: the second call finds the keys done
+    inspector = inspect(old)
+    assert inspector.get_pk_constraint("object")["constrained_columns"] == ["oid", "sid"]
+    assert inspector.get_pk_constraint("xmatch")["constrained_columns"] == [
+        "oid",
+        "sid",
+        "catid",
+    ]
+    (foreign_key,) = inspector.get_foreign_keys("xmatch")
+    assert foreign_key["constrained_columns"] == ["oid", "sid"]
+    assert foreign_key["referred_columns"] == ["oid", "sid"]
+    with old.begin() as connection:
+        rows = connection.execute(
+            text("SELECT oid, catid, oid_catalog, dist, sid FROM xmatch")
+        ).all()
+        assert [tuple(row) for row in rows] == [
+            ("ZTF18aaaaaaa", "allwise", "J000000.00+000000.0", 0.25, "ztf")
+        ]
+        objects = connection.execute(text("SELECT oid, sid FROM object ORDER BY oid")).all()
+        assert [tuple(row) for row in objects] == [
+            ("ZTF18aaaaaaa", "ztf"),
+            ("ZTF18bbbbbbb", "ztf"),
+        ]
+        # the same oid under the other survey is another object now
+        connection.execute(text("INSERT INTO object (oid, sid) VALUES ('ZTF18aaaaaaa', 'lsst')"))
 
 
 LEDGER_BEFORE_CONSUMER_GROUPS = """

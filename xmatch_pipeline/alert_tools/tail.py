@@ -38,17 +38,47 @@ def tail_summaries(
             message = consumer.poll(0.5)
             if message is None or message.error() is not None:
                 continue
-            alert = decode_alert(message.value() or b"")
             seen += 1
             yield {
                 "partition": message.partition(),
                 "offset": message.offset(),
-                "objectId": alert.object_id,
-                "candid": alert.candid,
-                "xmatches": alert.record.get("xmatches"),
+                **_summary(message.value() or b""),
             }
     finally:
         consumer.close()
+
+
+def _summary(value: bytes) -> dict[str, Any]:
+    """ZTF's ids from an Avro container, or an LSST alert's from Rubin's framing under an
+    output id of this pipeline (``publish.lsst_output``; registry ids are not looked up)."""
+    if value[:1] != b"\x00":
+        alert = decode_alert(value)
+        return {
+            "objectId": alert.object_id,
+            "candid": alert.candid,
+            "xmatches": alert.record.get("xmatches"),
+        }
+    import io
+
+    import fastavro
+
+    from xmatch_pipeline.decode.lsst_schemas import PackagedLsstSchemas
+    from xmatch_pipeline.decode.wire_format import split_wire_message
+    from xmatch_pipeline.publish.lsst_output import output_schema_for_fixed_id
+
+    output_id, payload = split_wire_message(value)
+    schema = output_schema_for_fixed_id(output_id, PackagedLsstSchemas())
+    record = fastavro.schemaless_reader(io.BytesIO(bytes(payload)), schema.parsed, None)
+    if not isinstance(record, dict):
+        raise ValueError(f"output schema {output_id} does not describe a record")
+    source = record["diaSource"]
+    dia_object = record.get("diaObject") or {}
+    return {
+        "schemaId": output_id,
+        "diaObjectId": source.get("diaObjectId") or dia_object.get("diaObjectId"),
+        "diaSourceId": source["diaSourceId"],
+        "xmatches": record.get("xmatches"),
+    }
 
 
 def tail_lines(bootstrap: str, topic: str, limit: int) -> Iterator[str]:

@@ -50,7 +50,7 @@ def inspect_command(paths: PathsArgument) -> None:
         raise typer.Exit(code=1)
 
 
-def _default_bootstrap() -> str:
+def default_bootstrap() -> str:
     configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if configured:
         return configured
@@ -86,7 +86,7 @@ def replay_command(
     )
     from xmatch_pipeline.read.alert_files import AlertFileError
 
-    address = bootstrap or _default_bootstrap()
+    address = bootstrap or default_bootstrap()
     console = Console(stderr=True)
     started = time.monotonic()
     try:
@@ -198,7 +198,7 @@ def tail_command(
     from xmatch_pipeline.alert_tools.tail import tail_lines
 
     try:
-        for line in tail_lines(bootstrap or _default_bootstrap(), topic, count):
+        for line in tail_lines(bootstrap or default_bootstrap(), topic, count):
             typer.echo(line)
     except KafkaException as error:
         typer.echo(f"alerts tail: cannot read {topic}: {error}", err=True)

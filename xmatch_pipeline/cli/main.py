@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from xmatch_pipeline.cli import alerts, catalog, cds_server, crossmatch, demo, devstack, worker
+from xmatch_pipeline.cli import (
+    alerts,
+    catalog,
+    cds_server,
+    crossmatch,
+    demo,
+    devstack,
+    lsst,
+    worker,
+)
 
 app = typer.Typer(
     name="xmatch-pipeline",
@@ -14,6 +23,7 @@ app = typer.Typer(
 )
 app.add_typer(devstack.app, name="devstack")
 app.add_typer(alerts.app, name="alerts")
+app.add_typer(lsst.app, name="lsst")
 app.add_typer(catalog.app, name="catalog")
 app.command("crossmatch")(crossmatch.crossmatch_command)
 app.command("cds-server")(cds_server.cds_server_command)

@@ -136,14 +136,14 @@ def cached_schema_count() -> int:
     return len(_cache)
 
 
-def _inline_named_types(node: Any, named: dict[str, Any], defined: set[str]) -> Any:
+def inline_named_types(node: Any, named: dict[str, Any], defined: set[str]) -> Any:
     """Replace the first use of each named type by its definition, as ZTF embeds schemas."""
     if isinstance(node, str):
         if node in named and node not in defined:
-            return _inline_named_types(copy.deepcopy(named[node]), named, defined)
+            return inline_named_types(copy.deepcopy(named[node]), named, defined)
         return node
     if isinstance(node, list):
-        return [_inline_named_types(item, named, defined) for item in node]
+        return [inline_named_types(item, named, defined) for item in node]
     if isinstance(node, dict):
         kind = node.get("type")
         if kind == "record":
@@ -152,13 +152,13 @@ def _inline_named_types(node: Any, named: dict[str, Any], defined: set[str]) -> 
             )
             defined.add(full_name)
             for entry in node["fields"]:
-                entry["type"] = _inline_named_types(entry["type"], named, defined)
+                entry["type"] = inline_named_types(entry["type"], named, defined)
         elif kind == "array":
-            node["items"] = _inline_named_types(node["items"], named, defined)
+            node["items"] = inline_named_types(node["items"], named, defined)
         elif kind == "map":
-            node["values"] = _inline_named_types(node["values"], named, defined)
+            node["values"] = inline_named_types(node["values"], named, defined)
         elif isinstance(kind, dict | list):
-            node["type"] = _inline_named_types(kind, named, defined)
+            node["type"] = inline_named_types(kind, named, defined)
     return node
 
 
@@ -175,4 +175,4 @@ def ztf_alert_schema(version: str = "3.3") -> AlertSchema:
     top = named["ztf.alert"]
     if str(top.get("version")) != version:
         raise ValueError(f"packaged ZTF schema is version {top.get('version')}, not {version}")
-    return schema_from_json(_inline_named_types(copy.deepcopy(top), named, set()))
+    return schema_from_json(inline_named_types(copy.deepcopy(top), named, set()))

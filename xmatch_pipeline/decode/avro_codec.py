@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import fastavro
 
@@ -45,6 +45,10 @@ class DecodedAlert:
         if not isinstance(record, dict):
             raise AlertDecodeError("not a ZTF alert: the record is not a record")
         return record
+
+    @property
+    def survey(self) -> Literal["ztf"]:
+        return "ztf"
 
     @property
     def writer_schema(self) -> dict[str, Any]:

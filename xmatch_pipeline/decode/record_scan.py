@@ -276,3 +276,28 @@ def compile_scanner(document: dict[str, Any]) -> Scanner | None:
         return record
 
     return scan
+
+
+def compile_validator(document: dict[str, Any]) -> Callable[[bytes | memoryview], None] | None:
+    """A check that the bytes hold exactly one record of ``document``, every byte checked as
+    the scan checks it, no value kept; None for a schema the scan cannot compile.
+
+    fastavro alone does not see a record cut inside a ``bytes`` or ``string`` value (it
+    reads what is there), so a full read is checked with this first.
+    """
+    try:
+        program = _Compiler().program(document, None)
+    except (_UncompilableError, KeyError, TypeError, ValueError, re.error):
+        return None
+
+    def validate(payload: bytes | memoryview) -> None:
+        if not isinstance(payload, bytes):
+            payload = bytes(payload)
+        try:
+            end = _run(program, payload, 0, {})
+        except IndexError:
+            raise ScanError("the record ends early") from None
+        if end != len(payload):
+            raise ScanError(f"{len(payload) - end} bytes left over after the record")
+
+    return validate

@@ -28,6 +28,7 @@ import pandas as pd
 from xmatch_pipeline.decode import AlertSchema, DecodedAlert, schema_from_text
 from xmatch_pipeline.decode.alert_schema import MAX_CACHED_SCHEMAS
 from xmatch_pipeline.decode.container import write_container
+from xmatch_pipeline.decode.lsst_alert import LsstAlert
 from xmatch_pipeline.decode.schema_text import with_last_field
 
 XMATCHES_FIELD = "xmatches"
@@ -118,7 +119,7 @@ def clean_xmatches(
 
 
 def enriched_record(
-    decoded: DecodedAlert,
+    decoded: DecodedAlert | LsstAlert,
     xmatches: Mapping[str, Mapping[str, object]] | None,
     *,
     precision: Precision = "double",
@@ -127,13 +128,12 @@ def enriched_record(
     return {**decoded.full_record(), XMATCHES_FIELD: clean_xmatches(xmatches, precision)}
 
 
-def encode_enriched_alert(
-    decoded: DecodedAlert,
+def enriched_record_bytes(
+    decoded: DecodedAlert | LsstAlert,
     xmatches: Mapping[str, Mapping[str, object]] | None,
-    *,
     precision: Precision = "double",
-) -> bytes:
-    """The output message value: one Avro container, output schema embedded, stable bytes.
+) -> tuple[AlertSchema, bytes]:
+    """The output schema and the output record's Avro encoding (without any framing).
 
     The alert's own encoding is reused as received and the ``xmatches`` field appended
     (Avro encodes a record as its fields in order), so the alert's bytes are untouched and
@@ -148,4 +148,16 @@ def encode_enriched_alert(
     else:
         buffer.write(decoded.payload)
         fastavro.schemaless_writer(buffer, _field_schema(precision), cleaned)
-    return write_container(schema.text, buffer.getvalue(), 1, sync_marker=schema.sync_marker)
+    return schema, buffer.getvalue()
+
+
+def encode_enriched_alert(
+    decoded: DecodedAlert,
+    xmatches: Mapping[str, Mapping[str, object]] | None,
+    *,
+    precision: Precision = "double",
+) -> bytes:
+    """The output message value of a ZTF alert: one Avro container, output schema
+    embedded, stable bytes."""
+    schema, record = enriched_record_bytes(decoded, xmatches, precision)
+    return write_container(schema.text, record, 1, sync_marker=schema.sync_marker)

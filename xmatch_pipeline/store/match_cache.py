@@ -14,7 +14,7 @@ from typing import Final
 
 from sqlalchemy import Engine, select
 
-from xmatch_pipeline.store.tables import allwise_table, xmatch_table
+from xmatch_pipeline.store.tables import ZTF_SURVEY_ID, allwise_table, xmatch_table
 
 ALLWISE_CATALOG_ID: Final = "allwise"
 LOOKUP_CHUNK: Final = 10_000
@@ -36,9 +36,12 @@ class StoredMatchCache:
         self._engine = engine
 
     def known_matches(
-        self, object_ids: Iterable[str], catid: str = ALLWISE_CATALOG_ID
+        self,
+        object_ids: Iterable[str],
+        catid: str = ALLWISE_CATALOG_ID,
+        survey: str = ZTF_SURVEY_ID,
     ) -> dict[str, KnownMatch]:
-        """The stored match of every given object that has one, keyed by ``oid``."""
+        """The stored match of every given object of ``survey`` that has one, by ``oid``."""
         wanted = sorted(set(object_ids))
         found: dict[str, KnownMatch] = {}
         if not wanted:
@@ -46,7 +49,7 @@ class StoredMatchCache:
         query = (
             select(xmatch_table.c.oid, xmatch_table.c.dist, *allwise_table.c)
             .join(allwise_table, allwise_table.c.oid_catalog == xmatch_table.c.oid_catalog)
-            .where(xmatch_table.c.catid == catid)
+            .where(xmatch_table.c.catid == catid, xmatch_table.c.sid == survey)
         )
         with self._engine.connect() as connection:
             for first in range(0, len(wanted), LOOKUP_CHUNK):

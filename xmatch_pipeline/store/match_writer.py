@@ -32,6 +32,8 @@ from sqlalchemy.dialects.postgresql import Insert, insert
 
 from xmatch_pipeline.store.tables import (
     ALLWISE_VALUE_COLUMNS,
+    SURVEY_COLUMN,
+    ZTF_SURVEY_ID,
     allwise_table,
     object_table,
     step_table,
@@ -61,13 +63,16 @@ class MatchBatchRows:
 
     ``allwise_rows`` use the ``allwise`` table's names (mapped from CDS names by
     ``xmatch_pipeline.match.allwise``); ``xmatch_rows`` hold ``oid, catid, oid_catalog,
-    dist`` (arcsec). Objects named only in ``xmatch_rows`` are created too.
+    dist`` (arcsec). Objects named only in ``xmatch_rows`` are created too. Every object
+    and xmatch row of the batch is of ``survey`` (the ``sid`` column): a run reads one
+    topic, so one survey; ``allwise`` rows belong to the catalog, not to a survey.
     """
 
     object_ids: Sequence[str]
     allwise_rows: Sequence[Mapping[str, object]]
     xmatch_rows: Sequence[Mapping[str, object]]
     step: StepRecord
+    survey: str = ZTF_SURVEY_ID
 
 
 @dataclass(frozen=True)
@@ -101,28 +106,33 @@ def write_match_batch(
         )
     if keep not in ("latest", "nearest"):
         raise ValueError(f"keep must be 'latest' or 'nearest', got {keep!r}")
-    xmatch_rows = _reduce_xmatch_rows(rows.xmatch_rows, keep)
+    survey = _text(rows.survey, "survey")
+    xmatch_rows = [
+        row | {SURVEY_COLUMN: survey} for row in _reduce_xmatch_rows(rows.xmatch_rows, keep)
+    ]
     object_ids = sorted(
         {_text(oid, "object id") for oid in rows.object_ids} | {row["oid"] for row in xmatch_rows}
     )
     allwise_rows = _reduce_allwise_rows(rows.allwise_rows)
     return MatchBatchWriteCounts(
-        objects=_insert_objects(connection, object_ids),
+        objects=_insert_objects(connection, object_ids, survey),
         allwise=_upsert_allwise(connection, allwise_rows),
         xmatch=_upsert_xmatch(connection, xmatch_rows, keep),
         step=_upsert_step(connection, rows.step),
     )
 
 
-def _insert_objects(connection: Connection, object_ids: list[str]) -> TableWriteCount:
+def _insert_objects(connection: Connection, object_ids: list[str], survey: str) -> TableWriteCount:
     if not object_ids:
         return TableWriteCount()
     statement = (
         insert(object_table)
-        .on_conflict_do_nothing(index_elements=["oid"])
+        .on_conflict_do_nothing(index_elements=["oid", SURVEY_COLUMN])
         .returning(object_table.c.oid)
     )
-    inserted = connection.execute(statement, [{"oid": oid} for oid in object_ids]).all()
+    inserted = connection.execute(
+        statement, [{"oid": oid, SURVEY_COLUMN: survey} for oid in object_ids]
+    ).all()
     return TableWriteCount(inserted=len(inserted))
 
 
@@ -159,7 +169,7 @@ def _upsert_xmatch(
         connection,
         xmatch_table,
         statement.on_conflict_do_update(
-            index_elements=["oid", "catid"],
+            index_elements=["oid", SURVEY_COLUMN, "catid"],
             set_={"oid_catalog": excluded.oid_catalog, "dist": excluded.dist},
             where=replace_when,
         ),

@@ -59,6 +59,7 @@ def ensure_schema(engine: Engine) -> None:
         _upgrade_to_head(connection)
         _refuse_single_precision(connection)
         _refuse_ledger_without_consumer_group(connection)
+        _add_survey_column(connection)
 
 
 def migrations_config() -> Config:
@@ -198,3 +199,61 @@ def _refuse_ledger_without_consumer_group(connection: Connection) -> None:
 def _server_description(connection: Connection) -> str:
     url = connection.engine.url
     return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database}"
+
+
+# ---------------------------------------------------------------------------------------
+# Survey column (issue 10, LSST alerts). One idempotent block, meant to become a migration.
+#
+# Tables created before LSST support key ``object`` by ``oid`` and ``xmatch`` by
+# ``(oid, catid)``. The survey (``sid``: ``ztf`` or ``lsst``) joins both keys so a ZTF and
+# an LSST object never collide; every existing row is ZTF's, hence the default. Readers of
+# the original columns are unaffected; ``allwise`` is the catalog's and does not change.
+# Fresh databases get this shape from ``tables.py`` directly, and then every statement
+# below is skipped or a no-op.
+# ---------------------------------------------------------------------------------------
+
+SURVEY_COLUMN_STATEMENTS: Final = (
+    "ALTER TABLE object ADD COLUMN IF NOT EXISTS sid text NOT NULL DEFAULT 'ztf'",
+    "ALTER TABLE xmatch ADD COLUMN IF NOT EXISTS sid text NOT NULL DEFAULT 'ztf'",
+)
+#: Run only while ``object``'s primary key lacks ``sid`` (in this order, one transaction).
+SURVEY_KEY_STATEMENTS: Final = (
+    "ALTER TABLE xmatch DROP CONSTRAINT IF EXISTS xmatch_oid_fkey",
+    "ALTER TABLE xmatch DROP CONSTRAINT IF EXISTS xmatch_pkey",
+    "ALTER TABLE xmatch ADD CONSTRAINT xmatch_pkey PRIMARY KEY (oid, sid, catid)",
+    "ALTER TABLE object DROP CONSTRAINT object_pkey",
+    "ALTER TABLE object ADD CONSTRAINT object_pkey PRIMARY KEY (oid, sid)",
+    "ALTER TABLE xmatch ADD CONSTRAINT xmatch_object_fkey FOREIGN KEY (oid, sid) "
+    "REFERENCES object (oid, sid)",
+)
+
+
+def _primary_key_columns(connection: Connection, table: str) -> set[str]:
+    rows = connection.execute(
+        text(
+            "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+            "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(:table) "
+            "AND i.indisprimary"
+        ),
+        {"table": table},
+    ).scalars()
+    return set(rows)
+
+
+def _add_survey_column(connection: Connection) -> None:
+    """Bring ``object`` and ``xmatch`` from before LSST support to keys with the survey."""
+    for statement in SURVEY_COLUMN_STATEMENTS:
+        connection.execute(text(statement))
+    if "sid" in _primary_key_columns(connection, "object"):
+        return
+    try:
+        with connection.begin_nested():
+            for statement in SURVEY_KEY_STATEMENTS:
+                connection.execute(text(statement))
+    except DBAPIError as error:
+        raise SchemaError(
+            "could not add the survey (sid) to the keys of object and xmatch on "
+            f"{_server_description(connection)}: {str(error.orig).strip()}; other tables "
+            "may reference object(oid): point them at object(oid, sid), or run these "
+            "statements by hand: " + "; ".join(SURVEY_KEY_STATEMENTS)
+        ) from error

@@ -17,7 +17,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Double,
-    ForeignKey,
+    ForeignKeyConstraint,
     Integer,
     MetaData,
     PrimaryKeyConstraint,
@@ -30,10 +30,16 @@ from sqlalchemy.dialects.postgresql import ExcludeConstraint
 
 metadata = MetaData()
 
+#: The survey of an object (ALeRCE's later tables call it ``sid``): ``ztf`` or ``lsst``.
+#: It is part of every object key, so a ZTF object and an LSST object never collide.
+SURVEY_COLUMN: Final = "sid"
+ZTF_SURVEY_ID: Final = "ztf"
+
 object_table = Table(
     "object",
     metadata,
     Column("oid", Text, primary_key=True),
+    Column(SURVEY_COLUMN, Text, primary_key=True, server_default=text(f"'{ZTF_SURVEY_ID}'")),
 )
 
 ALLWISE_VALUE_COLUMNS: Final = (
@@ -66,11 +72,15 @@ allwise_table = Table(
 xmatch_table = Table(
     "xmatch",
     metadata,
-    Column("oid", Text, ForeignKey("object.oid"), nullable=False),
+    Column("oid", Text, nullable=False),
     Column("catid", Text, nullable=False),
     Column("oid_catalog", Text, nullable=False),
     Column("dist", Double, nullable=False, comment="angular distance, arcsec"),
-    PrimaryKeyConstraint("oid", "catid"),
+    Column(SURVEY_COLUMN, Text, nullable=False, server_default=text(f"'{ZTF_SURVEY_ID}'")),
+    PrimaryKeyConstraint("oid", SURVEY_COLUMN, "catid"),
+    ForeignKeyConstraint(
+        ["oid", SURVEY_COLUMN], ["object.oid", f"object.{SURVEY_COLUMN}"], name="xmatch_object_fkey"
+    ),
 )
 
 step_table = Table(
