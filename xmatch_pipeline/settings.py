@@ -23,7 +23,7 @@ from xmatch_pipeline.match.cds_client import (
     MAX_REQUESTS_IN_FLIGHT,
     CdsClientSettings,
 )
-from xmatch_pipeline.match.index_manifest import MANIFEST_FILE
+from xmatch_pipeline.match.hats_catalog import HatsFormatError, open_hats_catalog
 from xmatch_pipeline.publish.dead_letter import dead_letter_topic_for
 from xmatch_pipeline.read.topic_selection import topics_from_list
 
@@ -282,6 +282,26 @@ def _topic_selection(reader: _Reader) -> TopicSelection:
     return TopicSelection(topics=topics, daily_format=daily_format, pattern=pattern)
 
 
+def _check_local_catalogs(
+    reader: _Reader, directories: dict[str, Path], catalogs: tuple[CatalogSpec, ...]
+) -> None:
+    """Each local catalog is a readable HATS catalog holding every column asked of it."""
+    for name, directory in directories.items():
+        try:
+            hats = open_hats_catalog(directory)
+        except HatsFormatError as error:
+            reader.problems.append(f"XMATCH_LOCAL_CATALOGS {name}={directory}: {error}")
+            continue
+        for spec in catalogs:
+            missing = [column for column in spec.columns if column not in hats.columns]
+            if spec.name == name and missing:
+                reader.problems.append(
+                    f"XMATCH_CATALOGS asks catalog {name!r} for column(s) {', '.join(missing)}, "
+                    f"which the HATS catalog at XMATCH_LOCAL_CATALOGS {name}={directory} does "
+                    f"not have; it has {', '.join(hats.columns)}"
+                )
+
+
 def _catalogs(reader: _Reader) -> tuple[CatalogSpec, ...]:
     raw = reader.optional("XMATCH_CATALOGS")
     if raw is None:
@@ -393,12 +413,7 @@ def load_settings(environment: Mapping[str, str]) -> PipelineSettings:
                 "XMATCH_LOCAL_CATALOGS=allwise=/path/to/index"
             )
         # Checked here so that a wrong path stops the code location, not every run.
-        for name, directory in local_directories.items():
-            if not (directory / MANIFEST_FILE).is_file():
-                reader.problems.append(
-                    f"XMATCH_LOCAL_CATALOGS {name}={directory}: no catalog index there "
-                    f"({MANIFEST_FILE} missing); build one with 'xmatch-pipeline catalog build'"
-                )
+        _check_local_catalogs(reader, local_directories, catalogs)
     sensor_interval = reader.integer(
         "XMATCH_SENSOR_INTERVAL_SECONDS", 30, minimum=MINIMUM_SENSOR_INTERVAL_SECONDS
     )
