@@ -90,7 +90,8 @@ def _catalog_values(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         return column.fillna(0).to_numpy(dtype=np.int64), mask
     if pd.api.types.is_float_dtype(dtype):
         return column.to_numpy(dtype=np.float64, na_value=np.nan), mask
-    return np.array(["" if missing else str(value) for value, missing in zip(column, mask)]), mask
+    texts = ["" if missing else str(value) for value, missing in zip(column, mask, strict=True)]
+    return np.array(texts), mask
 
 
 def _null_for(values: np.ndarray) -> int:

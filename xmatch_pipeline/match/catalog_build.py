@@ -117,7 +117,13 @@ def build_catalog_index(
         shutil.rmtree(spill_dir)
         catalog_name = name or output_dir.name
         _write_hats_metadata(
-            index_dir, catalog_name, order, pixel_rows, id_column, ra_column, dec_column
+            index_dir,
+            name=catalog_name,
+            order=order,
+            pixel_rows=pixel_rows,
+            id_column=id_column,
+            ra_column=ra_column,
+            dec_column=dec_column,
         )
         data_schema = spill.schema.remove(spill.schema.get_field_index(_PIXEL_TAG))
         if output_dir.exists():
@@ -137,6 +143,7 @@ def build_catalog_index(
 
 def _write_hats_metadata(
     directory: Path,
+    *,
     name: str,
     order: int,
     pixel_rows: Mapping[int, int],

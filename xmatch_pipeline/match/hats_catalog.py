@@ -107,6 +107,8 @@ def open_hats_catalog(directory: Path) -> HatsCatalog:
             "catalog's root holds `properties`, `partition_info.csv` and `dataset/`); build one "
             "with `xmatch-pipeline catalog build` or point at the catalog's root directory"
         )
+    if not (directory / "collection.properties").is_file() and not _lists_partitions(directory):
+        raise _no_partition_info(directory)
     try:
         with warnings.catch_warnings():
             # hats warns, then lists the files, when partition_info.csv is missing.
@@ -127,10 +129,7 @@ def open_hats_catalog(directory: Path) -> HatsCatalog:
         raise HatsFormatError(f"{base}/{PROPERTIES_FILE} names no hats_col_ra / hats_col_dec")
     partitions = sorted((pixel.order, pixel.pixel) for pixel in loaded.get_healpix_pixels())
     if not partitions:
-        raise HatsFormatError(
-            f"{base} has no partition info: no `{PARTITION_INFO_FILE}`, no `dataset/_metadata` "
-            "and no partition files under `dataset/`; the copy is incomplete"
-        )
+        raise _no_partition_info(base)
     orders = np.array([order for order, _ in partitions], dtype=np.int64)
     pixels = np.array([pixel for _, pixel in partitions], dtype=np.int64)
     suffix = info.npix_suffix
@@ -153,4 +152,20 @@ def open_hats_catalog(directory: Path) -> HatsCatalog:
         orders=orders,
         pixels=pixels,
         npix_suffix=suffix,
+    )
+
+
+def _lists_partitions(directory: Path) -> bool:
+    """Whether hats can list the partitions: the CSV, ``_metadata``, or partition folders."""
+    return (
+        (directory / PARTITION_INFO_FILE).is_file()
+        or (directory / "dataset" / "_metadata").is_file()
+        or any((directory / "dataset").glob("Norder=*"))
+    )
+
+
+def _no_partition_info(directory: Path) -> HatsFormatError:
+    return HatsFormatError(
+        f"{directory} has no partition info: no `{PARTITION_INFO_FILE}`, no `dataset/_metadata` "
+        "and no partition folders `dataset/Norder=*`; the copy is incomplete"
     )
