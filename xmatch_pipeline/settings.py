@@ -330,7 +330,7 @@ def _local_catalogs(reader: _Reader) -> dict[str, Path]:
         if not separator or not name.strip() or not directory.strip():
             reader.problems.append(
                 f"XMATCH_LOCAL_CATALOGS item {item!r} must look like NAME=DIRECTORY, "
-                "e.g. allwise=/data/allwise-index"
+                "e.g. allwise=/data/allwise_hats"
             )
             continue
         directories[name.strip()] = Path(directory.strip())
@@ -410,7 +410,7 @@ def load_settings(environment: Mapping[str, str]) -> PipelineSettings:
             reader.problems.append(
                 f"XMATCH_ENGINE=local needs an index for every catalog; missing {missing}: "
                 "build one with 'xmatch-pipeline catalog build' and set "
-                "XMATCH_LOCAL_CATALOGS=allwise=/path/to/index"
+                "XMATCH_LOCAL_CATALOGS=allwise=/path/to/hats_catalog"
             )
         # Checked here so that a wrong path stops the code location, not every run.
         _check_local_catalogs(reader, local_directories, catalogs)

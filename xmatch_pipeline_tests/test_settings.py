@@ -220,7 +220,14 @@ def test_local_engine_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
         monkeypatch,
         MINIMAL | {"XMATCH_ENGINE": "local", "XMATCH_LOCAL_CATALOGS": f"allwise={tmp_path}"},
     )
-    (tmp_path / "manifest.json").write_text("{}")  # only its presence is checked here
+    from xmatch_pipeline.match.allwise import CDS_COLUMNS
+    from xmatch_pipeline.match.catalog_build import build_catalog_index
+
+    source = tmp_path / "allwise.csv"
+    source.write_text(",".join(CDS_COLUMNS) + "\nJ1,10.0,0.0" + ",1.0" * 14 + "\n")
+    build_catalog_index([source], tmp_path / "hats", id_column="AllWISE",
+                        ra_column="RAJ2000", dec_column="DEJ2000")  # fmt: skip
+    tmp_path = tmp_path / "hats"
     use_environment(
         monkeypatch,
         MINIMAL
