@@ -1,4 +1,4 @@
-"""Local index engine vs astropy's ``SkyCoord.match_to_catalog_sky``, side by side.
+"""Local engine (on HATS) vs astropy's ``SkyCoord.match_to_catalog_sky``, side by side.
 
 One command::
 
@@ -140,11 +140,11 @@ def _write_positions(path: Path, ra: np.ndarray, dec: np.ndarray, rng: np.random
 
 
 def build_index(cache_dir: Path) -> tuple[Path, float | None]:
-    """The local index of the catalog, built once; returns the build time when it ran."""
+    """The HATS copy of the catalog, built once; returns the build time when it ran."""
     from xmatch_pipeline.match.local_index import build_catalog_index
 
-    directory = cache_dir / "index"
-    if (directory / "manifest.json").exists():
+    directory = cache_dir / "hats"
+    if (directory / "properties").exists():
         return directory, None
     started = time.perf_counter()
     build_catalog_index(
@@ -156,6 +156,15 @@ def build_index(cache_dir: Path) -> tuple[Path, float | None]:
         name="synthetic",
     )
     return directory, time.perf_counter() - started
+
+
+def hats_partitions_text(directory: Path) -> str:
+    """``192 HEALPix partitions at order 2`` from a HATS catalog's partition info."""
+    from xmatch_pipeline.match.hats_catalog import open_hats_catalog
+
+    orders = open_hats_catalog(directory).orders
+    listed = ", ".join(str(order) for order in sorted(set(orders.tolist())))
+    return f"{orders.size} HEALPix partitions at order {listed}"
 
 
 # --- one measurement, in a fresh process ----------------------------------------------------
@@ -173,7 +182,7 @@ def run_local(cache_dir: Path, positions_path: Path) -> dict[str, float]:
     spec = CatalogSpec("synthetic", COLUMNS, RADIUS_ARCSEC, "best")
     imported_rss = _peak_rss_mb()
     started = time.perf_counter()
-    index = LocalCatalogIndex.open(cache_dir / "index")
+    index = LocalCatalogIndex.open(cache_dir / "hats")
     matches = index.crossmatch(positions, spec)
     cold = time.perf_counter() - started
     cold_rss = _peak_rss_mb()
@@ -375,10 +384,7 @@ def main() -> None:
     print(f"data in {cache_dir} (generated once)", flush=True)
     generate_data(cache_dir)
     _, build_seconds = build_index(cache_dir)
-    manifest = json.loads((cache_dir / "index" / "manifest.json").read_text())
-    partitions = (
-        f"{len(manifest['pixel_rows'])} HEALPix partitions at order {manifest['partition_order']}"
-    )
+    partitions = hats_partitions_text(cache_dir / "hats")
     runs: dict[tuple[str, str], list[dict[str, float]]] = {}
     for repeat in range(arguments.repeats):
         for scenario in SCENARIOS:

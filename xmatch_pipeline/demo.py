@@ -95,16 +95,16 @@ def _alert_positions(
 
 
 def prepare_demo_data(directory: Path, alert_count: int, catalog_sources: int = 20_000) -> DemoData:
-    """Build the catalog index and alert files once; reuse them when already there."""
+    """Build the catalog (HATS) and alert files once; reuse them when already there."""
     data = DemoData(
         catalog_csv=directory / "allwise-demo.csv",
-        catalog_index=directory / "allwise-index",
+        catalog_index=directory / "allwise-hats",
         alerts_dir=directory / f"alerts-{alert_count}",
         alert_count=alert_count,
     )
     rng = random.Random(DEMO_SEED)
     sources = write_demo_catalog(data.catalog_csv, catalog_sources, rng)
-    if not (data.catalog_index / "manifest.json").is_file():
+    if not (data.catalog_index / "properties").is_file():
         build_catalog_index(
             [data.catalog_csv],
             data.catalog_index,

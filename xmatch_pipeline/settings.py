@@ -39,7 +39,7 @@ from xmatch_pipeline.match.cds_client import (
     MAX_REQUESTS_IN_FLIGHT,
     CdsClientSettings,
 )
-from xmatch_pipeline.match.index_manifest import MANIFEST_FILE
+from xmatch_pipeline.match.hats_catalog import HatsFormatError, open_hats_catalog
 from xmatch_pipeline.publish.dead_letter import dead_letter_topic_for
 from xmatch_pipeline.range_checks import RangeCheckBounds
 from xmatch_pipeline.read.topic_selection import topics_from_list
@@ -373,7 +373,9 @@ class PipelineSettings(SettingsGroup):
     )
     local_catalog_directories: dict[str, Path] = setting(
         "XMATCH_LOCAL_CATALOGS",
-        "local indexes, `name=dir,…` (e.g. `allwise=/data/allwise-index`)",
+        "local HATS catalogs, `name=dir,…` (e.g. `allwise=/data/allwise_hats`): a catalog's "
+        "or a collection's root; one without `properties` or partition info, or without a "
+        "column `XMATCH_CATALOGS` asks of it, stops the load",
         "",
         default_text="",
         validate_default=True,
@@ -589,7 +591,7 @@ class PipelineSettings(SettingsGroup):
                 if not separator or not name.strip() or not directory.strip():
                     raise ValueError(
                         f"XMATCH_LOCAL_CATALOGS item {item!r} must look like NAME=DIRECTORY, "
-                        "e.g. allwise=/data/allwise-index"
+                        "e.g. allwise=/data/allwise_hats"
                     )
                 directories[name.strip()] = Path(directory.strip())
         if info.data.get("engine") == "local":
@@ -709,14 +711,25 @@ def _check_local_indexes(directories: Mapping[str, Path], catalogs: object) -> N
         problems.append(
             f"XMATCH_ENGINE=local needs an index for every catalog; missing {missing}: build "
             "one with 'xmatch-pipeline catalog build' and set "
-            "XMATCH_LOCAL_CATALOGS=allwise=/path/to/index"
+            "XMATCH_LOCAL_CATALOGS=allwise=/path/to/hats_catalog"
         )
+    # Each local catalog is a readable HATS catalog holding every column asked of it.
     for name, directory in directories.items():
-        if not (directory / MANIFEST_FILE).is_file():
-            problems.append(
-                f"XMATCH_LOCAL_CATALOGS {name}={directory}: no catalog index there "
-                f"({MANIFEST_FILE} missing); build one with 'xmatch-pipeline catalog build'"
-            )
+        try:
+            hats = open_hats_catalog(directory)
+        except HatsFormatError as error:
+            problems.append(f"XMATCH_LOCAL_CATALOGS {name}={directory}: {error}")
+            continue
+        for spec in catalogs if isinstance(catalogs, tuple) else ():
+            if not isinstance(spec, CatalogSpec) or spec.name != name:
+                continue
+            missing = [column for column in spec.columns if column not in hats.columns]
+            if missing:
+                problems.append(
+                    f"XMATCH_CATALOGS asks catalog {name!r} for column(s) {', '.join(missing)}, "
+                    f"which the HATS catalog at XMATCH_LOCAL_CATALOGS {name}={directory} does "
+                    f"not have; it has {', '.join(hats.columns)}"
+                )
     if problems:
         raise ValueError("\n- ".join(problems))
 

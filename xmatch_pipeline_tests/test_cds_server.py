@@ -105,7 +105,8 @@ def test_unmatched_rows_are_absent_and_all_columns_without_cols2(
         ({"cols2": "AllWISE,W9mag"}, "W9mag"),
         ({"colRA1": "ra"}, "Column 'ra' not found"),
         ({"selection": "first"}, "selection"),
-        ({"RESPONSEFORMAT": "votable"}, "RESPONSEFORMAT"),
+        ({"RESPONSEFORMAT": "tsv"}, "RESPONSEFORMAT"),
+        ({"area": "zone"}, "Invalid area 'zone'"),
     ],
 )
 def test_bad_requests_get_a_votable_query_status(
@@ -135,7 +136,7 @@ def test_aliases_and_short_names_reach_the_same_catalog(cds_server: CdsXmatchSer
         ("403", 403, b"Forbidden"),
         ("html200", 200, b"<title>504 Gateway Time-out</title>"),
         ("too_many_jobs", 200, b"Too many jobs are being processed, try later!"),
-        ("400", 400, b'<INFO name="QUERY_STATUS" value="ERROR">'),
+        ("400", 400, b'name="QUERY_STATUS" value="ERROR">'),
     ],
 )
 def test_each_fault_answers_as_configured_then_clears(

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from xmatch_pipeline.cli.catalog import app as catalog_cli
 from xmatch_pipeline.match.catalog_spec import CatalogSpec
 from xmatch_pipeline.match.engine import CrossmatchEngine, CrossmatchError
-from xmatch_pipeline.match.healpix_partitions import pixels_of, touched_partitions
-from xmatch_pipeline.match.index_manifest import IndexFormatError, partition_path
+from xmatch_pipeline.match.hats_catalog import HatsFormatError, partition_path
+from xmatch_pipeline.match.healpix_partitions import covering_partitions, pixels_of
 from xmatch_pipeline.match.local_index import (
     CatalogBuildError,
     LocalCatalogIndex,
@@ -90,25 +90,64 @@ def test_unit_vectors_and_chord() -> None:
 # --- partitions a query touches ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("partition_order", [0, 3, 5, 8])
+def _mixed_order_partitions(orders: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """A whole-sky tiling where base pixel b is split down to order ``orders[b % len]``."""
+    partitions = []
+    for base in range(12):
+        order = orders[base % len(orders)]
+        children = 1 << (2 * order)
+        partitions += [(order, base * children + child) for child in range(children)]
+    partitions.sort()
+    return (np.array([o for o, _ in partitions], np.int64),
+            np.array([p for _, p in partitions], np.int64))  # fmt: skip
+
+
+@pytest.mark.parametrize("partition_orders", [[0], [3], [5], [8], [0, 2, 5], [1, 4]])
 @pytest.mark.parametrize("radius_arcsec", [1.0, 180.0])
-def test_touched_partitions_cover_the_whole_disk(
-    partition_order: int, radius_arcsec: float
+def test_covering_partitions_cover_the_whole_disk(
+    partition_orders: list[int], radius_arcsec: float
 ) -> None:
-    rng = np.random.default_rng(partition_order)
+    orders, pixels = _mixed_order_partitions(partition_orders)
+    rng = np.random.default_rng(len(orders))
     count = 400
     ra = rng.uniform(0, 360, count)
     dec = np.degrees(np.arcsin(rng.uniform(-1, 1, count)))
     dec[:100] = np.r_[90 - rng.uniform(0, 1, 50), -90 + rng.uniform(0, 1, 50)]  # near poles
     ra[100:150] = np.mod(rng.normal(0, 0.01, 50), 360)  # across RA 0
-    position_index, pixels = touched_partitions(ra, dec, radius_arcsec, partition_order)
-    touched = set(zip(position_index.tolist(), pixels.tolist(), strict=True))
+    position_index, partition_index = covering_partitions(ra, dec, radius_arcsec, orders, pixels)
+    touched = set(zip(position_index.tolist(), partition_index.tolist(), strict=True))
+    assert len(touched) == len(position_index)  # unique pairs
+    assert np.all(np.diff(partition_index) >= 0)
+
+    def holding(ra_deg: np.ndarray, dec_deg: np.ndarray) -> set[tuple[int, int]]:
+        """(row, index of the partition holding the point), found by brute force."""
+        index_of = {
+            (int(o), int(p)): i for i, (o, p) in enumerate(zip(orders, pixels, strict=True))
+        }
+        found = set()
+        for order in np.unique(orders):
+            for row, pixel in enumerate(pixels_of(ra_deg, dec_deg, int(order))):
+                if (int(order), int(pixel)) in index_of:
+                    found.add((row, index_of[int(order), int(pixel)]))
+        return found
+
     centres = SkyCoord(ra * u.deg, dec * u.deg)
     for angle in np.arange(0.0, 360.0, 360.0 / 48):
         edge = centres.directional_offset_by(angle * u.deg, radius_arcsec * u.arcsec)
-        edge_pixels = pixels_of(edge.ra.deg, edge.dec.deg, partition_order)
-        assert {(row, int(pixel)) for row, pixel in enumerate(edge_pixels)} <= touched
-    assert {(row, int(p)) for row, p in enumerate(pixels_of(ra, dec, partition_order))} <= touched
+        assert holding(edge.ra.deg, edge.dec.deg) <= touched
+    assert holding(ra, dec) <= touched
+
+
+def test_sky_without_partitions_is_not_touched() -> None:
+    from astropy_healpix import HEALPix
+
+    orders, pixels = np.array([2, 2], np.int64), np.array([10, 11], np.int64)
+    centre = HEALPix(nside=4, order="nested").healpix_to_lonlat([11])
+    position_index, partition_index = covering_partitions(
+        [180.0, centre[0].deg[0]], [0.0, centre[1].deg[0]], 1.0, orders, pixels
+    )
+    assert position_index.tolist() == [1]
+    assert partition_index.tolist() == [1]
 
 
 # --- crossmatch behaviour ----------------------------------------------------------------
@@ -182,6 +221,7 @@ def test_only_touched_partitions_are_read_and_cached(
     spec = CatalogSpec("c", ("mag",), 180.0, "all")
     index.crossmatch(positions, spec)
     assert [name for name, _ in reads] == [partition_path(Path(), 2, centre_pixel).name]
+    assert set(reads[0][1]) == {"source_id", "ra", "dec", "mag"}  # only the columns asked
     # Same sky again: served from the cache.
     index.crossmatch(positions, spec)
     assert len(reads) == 1
@@ -259,9 +299,9 @@ def test_engine_routes_by_name_and_rejects_bad_requests(tmp_path: Path) -> None:
         engine.crossmatch(_positions([1], [np.nan], [0.0]), CatalogSpec("mine", ("source_id",)))
     with pytest.raises(CrossmatchError, match="lack column"):
         engine.crossmatch(pd.DataFrame({"id": [1]}), CatalogSpec("mine", ("source_id",)))
-    with pytest.raises(CrossmatchError, match="not a local catalog index"):
+    with pytest.raises(CrossmatchError, match="not a directory holding a HATS catalog"):
         LocalCrossmatchEngine({"missing": tmp_path / "nowhere"})
-    with pytest.raises(IndexFormatError):
+    with pytest.raises(HatsFormatError, match="no `properties` file"):
         LocalCatalogIndex.open(tmp_path)
 
 

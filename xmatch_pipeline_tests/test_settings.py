@@ -217,7 +217,14 @@ def test_local_engine_settings(tmp_path: Path) -> None:
     assert "allwise=" in _problems(
         MINIMAL | {"XMATCH_ENGINE": "local", "XMATCH_LOCAL_CATALOGS": f"allwise={tmp_path}"}
     )
-    (tmp_path / "manifest.json").write_text("{}")  # only its presence is checked here
+    from xmatch_pipeline.match.allwise import CDS_COLUMNS
+    from xmatch_pipeline.match.catalog_build import build_catalog_index
+
+    source = tmp_path / "allwise.csv"
+    source.write_text(",".join(CDS_COLUMNS) + "\nJ1,10.0,0.0" + ",1.0" * 14 + "\n")
+    build_catalog_index([source], tmp_path / "hats", id_column="AllWISE",
+                        ra_column="RAJ2000", dec_column="DEJ2000")  # fmt: skip
+    tmp_path = tmp_path / "hats"
     environment = MINIMAL | {
         "XMATCH_ENGINE": "local",
         "XMATCH_LOCAL_CATALOGS": f"allwise={tmp_path}",

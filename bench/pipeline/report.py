@@ -33,6 +33,11 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 SIDE_SECTIONS = (
     ("header_decode.md", "## Header-only decode", "## 6. Header-only decode"),
     ("warm_runs.md", "## Warm services in one process", "## 7. Warm services in one process"),
+    (
+        "hats_engine.md",
+        "## Local engine on HATS vs the index it replaced, and vs LSDB",
+        "## 7b. Local engine on HATS (`bench/hats_engine.py`)",
+    ),
 )
 
 

@@ -77,11 +77,11 @@ def _catalog_table() -> pa.Table:
 
 
 def catalog_index(cache_dir: Path = CACHE_DIR) -> Path:
-    """The ALLWISE-like index (built once, ~1 M rows); returns its directory."""
+    """The ALLWISE-like HATS catalog (built once, ~1 M rows); returns its directory."""
     from xmatch_pipeline.match.catalog_build import build_catalog_index
 
-    index_dir = cache_dir / "allwise_index"
-    if (index_dir / "manifest.json").exists():
+    index_dir = cache_dir / "allwise_hats"
+    if (index_dir / "properties").exists():
         return index_dir
     cache_dir.mkdir(parents=True, exist_ok=True)
     source = cache_dir / "allwise_like.parquet"

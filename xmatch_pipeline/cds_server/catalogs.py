@@ -11,6 +11,7 @@ from pathlib import Path
 from threading import Lock
 
 import pandas as pd
+import pyarrow as pa
 
 from xmatch_pipeline.cds_server.protocol import ProtocolError
 from xmatch_pipeline.match.catalog_aliases import VIZIER_PREFIX, catalog_names_for
@@ -39,6 +40,12 @@ class ServedCatalog:
     def columns(self) -> tuple[str, ...]:
         return self.index.columns
 
+    @property
+    def column_types(self) -> dict[str, str]:
+        """Each column's VOTable datatype (``long``, ``double``, ``char``, ``boolean``)."""
+        schema = self.index.catalog.schema
+        return {name: _votable_datatype(schema.field(name).type) for name in self.columns}
+
     def crossmatch(self, positions: pd.DataFrame, spec: CatalogSpec) -> pd.DataFrame:
         unknown = [column for column in spec.columns if column not in self.columns]
         if unknown:
@@ -48,6 +55,16 @@ class ServedCatalog:
             )
         with self._lock:
             return self.index.crossmatch(positions, spec)
+
+
+def _votable_datatype(arrow_type: pa.DataType) -> str:
+    if pa.types.is_boolean(arrow_type):
+        return "boolean"
+    if pa.types.is_integer(arrow_type):
+        return "long"
+    if pa.types.is_floating(arrow_type):
+        return "double"
+    return "char"
 
 
 class ServedCatalogs:

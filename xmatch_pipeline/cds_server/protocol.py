@@ -2,9 +2,11 @@
 
 Requests carry the same fields as CDS's (``request=xmatch``, an uploaded ``cat1``,
 ``colRA1``/``colDec1``, ``cat2=vizier:<table>``, ``distMaxArcsec``, ``selection``,
-``cols2``, ``RESPONSEFORMAT=csv``); answers have CDS's shape: ``angDist`` first, ``col1``
-(the upload's row index), the uploaded columns, then the catalog's, unmatched rows absent,
-empty fields for nulls. Errors are CDS's VOTable ``QUERY_STATUS`` documents.
+``cols2``, ``area``, ``RESPONSEFORMAT=csv|votable``); answers have CDS's shape: ``angDist``
+first, ``col1`` (the upload's row index), the uploaded columns, then the catalog's,
+unmatched rows absent, nulls empty (CSV) or masked (VOTable). ``area=cone`` keeps the
+uploaded rows inside the cone, as CDS puts the area constraint on cat1. Errors are CDS's
+VOTable ``QUERY_STATUS`` documents (with the ``ID`` astroquery looks the INFO up by).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import csv
 import io
 import math
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape, quoteattr
 
@@ -20,6 +23,10 @@ import numpy as np
 import pandas as pd
 
 from xmatch_pipeline.match.catalog_spec import MAX_RADIUS_ARCSEC, Selection
+from xmatch_pipeline.match.sky_geometry import ARCSEC_PER_DEGREE, separation_arcsec
+
+ResponseFormat = Literal["csv", "votable"]
+RESPONSE_FORMATS: tuple[ResponseFormat, ...] = ("csv", "votable")
 
 
 class ProtocolError(ValueError):
@@ -45,6 +52,17 @@ class XmatchQuery:
     selection: Selection
     columns: tuple[str, ...] | None  # None: every catalog column, as CDS does without cols2
     upload: bytes
+    response_format: ResponseFormat = "csv"
+    cone: Cone | None = None
+
+
+@dataclass(frozen=True)
+class Cone:
+    """``area=cone``: only uploaded rows within ``radius_deg`` of the centre are matched."""
+
+    ra_deg: float
+    dec_deg: float
+    radius_deg: float
 
 
 @dataclass(frozen=True)
@@ -116,9 +134,10 @@ def parse_query(form: FormData) -> XmatchQuery:
     if request.lower() != "xmatch":
         raise ProtocolError(f"Unknown request '{request}': only 'xmatch' is supported")
     response_format = fields.get("responseformat", "votable").lower()
-    if response_format != "csv":
+    if response_format not in RESPONSE_FORMATS:
         raise ProtocolError(
-            f"RESPONSEFORMAT '{response_format}' is not served here: use RESPONSEFORMAT=csv"
+            f"RESPONSEFORMAT '{response_format}' is not served here: use RESPONSEFORMAT="
+            + " or ".join(RESPONSE_FORMATS)
         )
     upload = form.files.get("cat1")
     if upload is None:
@@ -154,7 +173,36 @@ def parse_query(form: FormData) -> XmatchQuery:
         selection="best" if selection == "best" else "all",
         columns=columns,
         upload=upload,
+        response_format="votable" if response_format == "votable" else "csv",
+        cone=_area(fields),
     )
+
+
+def _area(fields: dict[str, str]) -> Cone | None:
+    """``area=allsky`` (None) or ``area=cone`` with its centre and radius."""
+    area = fields.get("area", "allsky").lower()
+    if area == "allsky":
+        return None
+    if area != "cone":
+        raise ProtocolError(f"Invalid area '{area}': this server serves 'allsky' and 'cone'")
+    try:
+        cone = Cone(
+            float(fields["conera"]), float(fields["conedec"]), float(fields["coneradiusdeg"])
+        )
+    except (KeyError, ValueError):
+        raise ProtocolError("area=cone needs numbers coneRA, coneDec and coneRadiusDeg") from None
+    if not (abs(cone.dec_deg) <= 90 and 0 < cone.radius_deg <= 180):
+        raise ProtocolError("area=cone: coneDec must be in [-90, 90], coneRadiusDeg in ]0, 180]")
+    return cone
+
+
+def rows_in_area(query: XmatchQuery, upload: UploadTable) -> np.ndarray:
+    """The upload rows the area lets through, as indexes."""
+    if query.cone is None:
+        return np.arange(len(upload.rows))
+    cone = query.cone
+    distances = separation_arcsec(upload.ra_deg, upload.dec_deg, cone.ra_deg, cone.dec_deg)
+    return np.flatnonzero(distances <= cone.radius_deg * ARCSEC_PER_DEGREE)
 
 
 def read_upload(query: XmatchQuery) -> UploadTable:
@@ -228,7 +276,7 @@ def votable_error(message: str) -> bytes:
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         '<VOTABLE version="1.2" xmlns="http://www.ivoa.net/xml/VOTable/v1.2">\n'
         '<RESOURCE type="results">\n'
-        f'<INFO name="QUERY_STATUS" value="ERROR">{escape(message)}</INFO>\n'
+        f'<INFO ID="QUERY_STATUS" name="QUERY_STATUS" value="ERROR">{escape(message)}</INFO>\n'
         f'<INFO name="service" value={quoteattr("xmatch-pipeline cds-server")}/>\n'
         "</RESOURCE>\n"
         "</VOTABLE>\n"

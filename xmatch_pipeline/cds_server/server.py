@@ -3,7 +3,10 @@
 It is how the CDS client is tested here (with switchable faults and a log of what was
 uploaded) and how the pipeline runs offline. Endpoints:
 
-- ``POST /xmatch/api/v1/sync`` (any path ending ``/sync``): the crossmatch, as CDS.
+- ``POST /xmatch/api/v1/sync`` (any path ending ``/sync``): the crossmatch, as CDS, in CSV
+  or VOTable (what astroquery's ``XMatch.query`` asks for).
+- ``GET /xmatch/api/v1/sync/tables?action=getVizieRTableNames`` and ``…&action=getColList``:
+  the served tables and their columns (``table_actions``).
 - ``POST /_faults`` with a JSON list (``[{"kind": "500", "times": 2}]``) replaces the fault
   queue; ``GET /_faults`` shows what is left; ``DELETE /_faults`` clears it.
 - ``GET /_requests``: the request log (fields, upload size and SHA-256, fault, status);
@@ -44,8 +47,11 @@ from xmatch_pipeline.cds_server.protocol import (
     parse_form,
     parse_query,
     read_upload,
+    rows_in_area,
     votable_error,
 )
+from xmatch_pipeline.cds_server.table_actions import answer_tables_action
+from xmatch_pipeline.cds_server.votable_answer import format_votable_answer
 from xmatch_pipeline.match.catalog_spec import CatalogSpec
 from xmatch_pipeline.match.engine import CrossmatchError
 
@@ -217,8 +223,9 @@ class CdsXmatchServer:
                 radius_arcsec=query.radius_arcsec,
                 selection=query.selection,
             )
+            rows = rows_in_area(query, upload)
             positions = pd.DataFrame(
-                {"id": range(len(upload.rows)), "ra": upload.ra_deg, "dec": upload.dec_deg}
+                {"id": rows, "ra": upload.ra_deg[rows], "dec": upload.dec_deg[rows]}
             )
             matches = catalog.crossmatch(positions, spec)
         except ProtocolError as error:
@@ -227,7 +234,18 @@ class CdsXmatchServer:
             _LOG.exception("crossmatch failed")
             return 500, votable_error(f"Internal error: {error}"), "text/xml; charset=utf-8"
         ordered = tuple(column for column in catalog.columns if column in spec.columns)
+        if query.response_format == "votable":
+            body = format_votable_answer(upload, matches, ordered)
+            return 200, body, "application/x-votable+xml"
         return 200, format_csv_answer(upload, matches, ordered), "text/csv; charset=utf-8"
+
+    def answer_tables(self, fields: dict[str, str]) -> tuple[int, bytes, str]:
+        """Status, body and content type of a ``…/sync/tables`` action."""
+        try:
+            answer = answer_tables_action(self.catalogs, fields)
+        except ProtocolError as error:
+            return 400, votable_error(str(error)), "text/xml; charset=utf-8"
+        return 200, answer.body, answer.content_type
 
 
 def _handler_class(server: CdsXmatchServer) -> type[BaseHTTPRequestHandler]:
@@ -255,6 +273,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, self.owner.stats().to_json())
         elif path.endswith("/sync"):
             self._sync(b"")
+        elif path.endswith("/sync/tables"):
+            self._tables(b"")
         else:
             self._send(404, b"not found\n", "text/plain")
 
@@ -283,6 +303,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._set_faults(body)
         elif path.endswith("/sync"):
             self._sync(body)
+        elif path.endswith("/sync/tables"):
+            self._tables(body)
         else:
             self._send(404, b"not found\n", "text/plain")
 
@@ -297,6 +319,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.owner.set_faults(faults)
         self._send_json(200, self.owner.faults.pending())
+
+    def _tables(self, body: bytes) -> None:
+        try:
+            form = parse_form(self.headers.get("Content-Type", ""), body, urlsplit(self.path).query)
+        except ProtocolError as error:
+            self._send(400, votable_error(str(error)), "text/xml; charset=utf-8")
+            return
+        self._send(*self.owner.answer_tables(form.fields))
 
     def _sync(self, body: bytes) -> None:
         self.owner._enter_sync()

@@ -1,4 +1,4 @@
-"""``xmatch-pipeline catalog …``: build local catalog indexes for the local engine."""
+"""``xmatch-pipeline catalog …``: build HATS catalogs for the local engine."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(
-    help="Build local catalog indexes (HEALPix-partitioned Parquet).", no_args_is_help=True
-)
+app = typer.Typer(help="Build HATS catalogs for the local engine.", no_args_is_help=True)
 
 
 @app.callback()
 def catalog_group() -> None:
-    """Local catalog indexes: HEALPix-partitioned Parquet for the local engine."""
+    """HATS catalogs (HEALPix-partitioned Parquet) for the local engine and cds-server."""
 
 
 @app.command("build")
@@ -26,7 +24,9 @@ def build_command(
     id_col: Annotated[str, typer.Option("--id-col", help="Column with the catalog's ids.")],
     ra_col: Annotated[str, typer.Option("--ra-col", help="Right ascension column, degrees.")],
     dec_col: Annotated[str, typer.Option("--dec-col", help="Declination column, degrees.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="New directory for the index.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="New directory for the HATS catalog.")
+    ],
     name: Annotated[
         str | None, typer.Option("--name", help="Catalog name (default: the directory's).")
     ] = None,
@@ -35,7 +35,7 @@ def build_command(
         typer.Option("--order", help="HEALPix partition order (default: from the row count)."),
     ] = None,
 ) -> None:
-    """Build an index that the local engine and ``cds-server`` can serve."""
+    """Build a HATS catalog that the local engine, ``cds-server`` and LSDB can read."""
     from xmatch_pipeline.match.catalog_build import CatalogBuildError, build_catalog_index
 
     missing = [str(path) for path in inputs if not path.is_file()]

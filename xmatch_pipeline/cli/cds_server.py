@@ -37,12 +37,12 @@ def cds_server_command(
         ServedCatalogs,
         parse_catalog_argument,
     )
-    from xmatch_pipeline.match.index_manifest import IndexFormatError
+    from xmatch_pipeline.match.hats_catalog import HatsFormatError
 
     try:
         faults = [Fault.from_text(text) for text in fault or []]
         catalogs = ServedCatalogs([parse_catalog_argument(text) for text in catalog])
-    except (ValueError, IndexFormatError) as error:
+    except (ValueError, HatsFormatError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from error
     try:

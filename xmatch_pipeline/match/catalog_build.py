@@ -1,10 +1,17 @@
-"""Building a local catalog index: rows partitioned by HEALPix pixel into Parquet files.
+"""Building a HATS catalog from CSV or Parquet files, for the local engine (and for LSDB).
 
-The build streams: rows are read in chunks, validated, and spilled to one Arrow stream per
-coarse sky bucket; each bucket is then sorted and cut into one Parquet file per partition
-pixel. Memory therefore holds one chunk, then one bucket (1/192 of the sky), never the whole
-catalog. The index is written in a temporary directory and renamed into place at the end,
-so a failed build leaves nothing half-written behind.
+The output is a plain HATS catalog (``properties``, ``partition_info.csv``,
+``dataset/Norder=K/Dir=D/Npix=N.parquet`` with the ``_healpix_29`` spatial index column,
+``dataset/_metadata``), the same format as the published copies the engine also reads, so
+there is one format. Partitions have one order, chosen from the row count; the metadata
+files are written by the ``hats`` library itself.
+
+The build streams: rows are read in chunks, validated, tagged with their order-29 pixel and
+spilled to one Arrow stream per coarse sky bucket; each bucket is then sorted and cut into
+one Parquet file per partition pixel. Memory therefore holds one chunk, then one bucket
+(1/192 of the sky), never the whole catalog. hats-import was not used because it needs a
+dask cluster and holds no ids exactly for CSV input. The catalog is written in a temporary
+directory and renamed into place at the end, so a failed build leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -22,23 +29,24 @@ import pyarrow.ipc as pa_ipc
 import pyarrow.parquet as pq
 
 from xmatch_pipeline.match.catalog_input import CatalogInputError, read_batches
-from xmatch_pipeline.match.healpix_partitions import pixel_count, pixel_runs, pixels_of
-from xmatch_pipeline.match.index_manifest import (
-    PARTITIONS_DIRECTORY,
-    IndexManifest,
+from xmatch_pipeline.match.hats_catalog import (
+    ID_COLUMN_PROPERTY,
+    PARTITION_INFO_FILE,
+    SPATIAL_INDEX_COLUMN,
     partition_path,
 )
+from xmatch_pipeline.match.healpix_partitions import pixel_count, pixel_runs
 
-#: Rows are tagged with their pixel at this order while spilling; partitions are coarser.
-TAG_ORDER = 10
-MAX_PARTITION_ORDER = TAG_ORDER
+#: Rows are tagged with their pixel at this order (HATS' ``_healpix_29``, kept in the rows).
+TAG_ORDER = 29
+MAX_PARTITION_ORDER = 10
 #: Spill buckets: 192 open Arrow streams, each about 1/192 of the sky.
 SPILL_ORDER = 2
 #: Automatic partition order: the coarsest whose mean partition holds at most this many rows
 #: (ALLWISE, 747 M rows: order 5, ~61 k rows a partition; 10 M rows: order 2).
 TARGET_ROWS_PER_PARTITION = 100_000
 DEFAULT_CHUNK_ROWS = 1_000_000
-_PIXEL_TAG = "__healpix_tag"
+_PIXEL_TAG = SPATIAL_INDEX_COLUMN
 
 
 class CatalogBuildError(ValueError):
@@ -68,7 +76,7 @@ def build_catalog_index(
     partition_order: int | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> CatalogIndexInfo:
-    """Build an index in ``output_dir`` (which must not exist or be empty).
+    """Build a HATS catalog in ``output_dir`` (which must not exist or be empty).
 
     ``partition_order`` None chooses the order from the row count (see
     ``TARGET_ROWS_PER_PARTITION``).
@@ -104,34 +112,65 @@ def build_catalog_index(
             else automatic_partition_order(spill.row_count)
         )
         index_dir = work_dir / "index"
-        (index_dir / PARTITIONS_DIRECTORY).mkdir(parents=True)
+        index_dir.mkdir()
         pixel_rows = _write_partitions(spill, index_dir, order, id_column)
         shutil.rmtree(spill_dir)
-        data_schema = spill.schema.remove(spill.schema.get_field_index(_PIXEL_TAG))
-        manifest = IndexManifest(
-            name=name or output_dir.name,
+        catalog_name = name or output_dir.name
+        _write_hats_metadata(
+            index_dir,
+            name=catalog_name,
+            order=order,
+            pixel_rows=pixel_rows,
             id_column=id_column,
             ra_column=ra_column,
             dec_column=dec_column,
-            partition_order=order,
-            columns=tuple(data_schema.names),
-            column_types=tuple(str(column.type) for column in data_schema),
-            pixel_rows=pixel_rows,
         )
-        manifest.write(index_dir)
+        data_schema = spill.schema.remove(spill.schema.get_field_index(_PIXEL_TAG))
         if output_dir.exists():
             output_dir.rmdir()
         index_dir.rename(output_dir)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     return CatalogIndexInfo(
-        name=manifest.name,
+        name=catalog_name,
         directory=output_dir,
-        columns=manifest.columns,
-        row_count=manifest.row_count,
+        columns=tuple(data_schema.names),
+        row_count=sum(pixel_rows.values()),
         partition_order=order,
         pixel_rows=pixel_rows,
     )
+
+
+def _write_hats_metadata(
+    directory: Path,
+    *,
+    name: str,
+    order: int,
+    pixel_rows: Mapping[int, int],
+    id_column: str,
+    ra_column: str,
+    dec_column: str,
+) -> None:
+    """``partition_info.csv``, ``dataset/_metadata`` and ``properties``, written by hats."""
+    from hats.catalog import PartitionInfo, TableProperties
+    from hats.io import write_parquet_metadata
+    from hats.pixel_math import HealpixPixel
+
+    pixels = [HealpixPixel(order, pixel) for pixel in sorted(pixel_rows)]
+    PartitionInfo.from_healpix(pixels).write_to_file(directory / PARTITION_INFO_FILE)
+    write_parquet_metadata(directory)
+    properties = TableProperties(
+        catalog_name=name,
+        catalog_type="object",
+        total_rows=sum(pixel_rows.values()),
+        ra_column=ra_column,
+        dec_column=dec_column,
+        healpix_column=SPATIAL_INDEX_COLUMN,
+        healpix_order=TAG_ORDER,
+        hats_max_rows=max(pixel_rows.values()),
+        **{ID_COLUMN_PROPERTY: id_column},
+    )
+    properties.to_properties_file(directory)
 
 
 def automatic_partition_order(row_count: int) -> int:
@@ -188,6 +227,8 @@ def _spill_input(
     coordinate_columns: tuple[str, str],
     chunk_rows: int,
 ) -> None:
+    from hats.pixel_math.spatial_index import compute_spatial_index
+
     problems = _CoordinateProblems(path, coordinate_columns)
     rows_read = 0
     try:
@@ -211,7 +252,7 @@ def _spill_input(
             problems.check(ra, dec, first_row=rows_read + 1)
             rows_read += batch.num_rows
             if not problems.found and batch.num_rows:
-                tags = pixels_of(ra, dec, TAG_ORDER)
+                tags = np.asarray(compute_spatial_index(ra, dec), dtype=np.int64)
                 tagged = batch.append_column(_PIXEL_TAG, pa.array(tags, pa.int64()))
                 if spill.schema is None:
                     spill.schema = tagged.schema
@@ -304,11 +345,12 @@ def _write_partitions(
             pc.sort_indices(table, sort_keys=[(_PIXEL_TAG, "ascending"), (id_column, "ascending")])
         )
         pixels = table.column(_PIXEL_TAG).to_numpy() >> (2 * (TAG_ORDER - order))
-        data = table.drop_columns([_PIXEL_TAG])
         for pixel, start, end in pixel_runs(pixels):
+            path = partition_path(index_dir, order, pixel)
+            path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(
-                data.slice(start, end - start),
-                partition_path(index_dir, order, pixel),
+                table.slice(start, end - start),
+                path,
                 compression="snappy",  # decoding speed matters more than size
             )
             pixel_rows[pixel] = end - start

@@ -1,11 +1,11 @@
-"""Which HEALPix partitions (nested scheme) a position, or a disk around it, falls in.
+"""Which HEALPix partitions (nested scheme, any mix of orders) a disk around a position touches.
 
 The pixel arithmetic is astropy-healpix's; this module only decides which pixels a query
 must read. A disk of radius r around a position lies inside the position's pixel and its
 eight neighbours at any order whose pixels are much wider than r, so the neighbours are
-taken at the finest such order and then mapped to the partition order: a position deep
-inside a partition touches that partition only, one near an edge or corner touches two to
-four.
+taken at the finest such order and then mapped to the partitions holding them, whatever
+their orders: a position deep inside a partition touches that partition only, one near an
+edge or corner touches two to four.
 """
 
 from __future__ import annotations
@@ -57,13 +57,49 @@ def neighbour_order(radius_arcsec: float) -> int:
     return order
 
 
-def touched_partitions(
-    ra_deg: npt.ArrayLike, dec_deg: npt.ArrayLike, radius_arcsec: float, partition_order: int
+def covering_partitions(
+    ra_deg: npt.ArrayLike,
+    dec_deg: npt.ArrayLike,
+    radius_arcsec: float,
+    partition_orders: IntArray,
+    partition_pixels: IntArray,
 ) -> tuple[IntArray, IntArray]:
-    """Every (position index, partition pixel) pair whose pixel a disk may overlap.
+    """Every (position index, partition index) pair whose partition a disk may overlap.
 
-    Pairs are unique and sorted by pixel, then position index.
+    Partitions may be of mixed orders, as in a HATS catalog; they are given sorted by
+    (order, pixel) and must not overlap. Pairs are unique and sorted by partition index,
+    then position index. Sky that no partition covers is simply not touched.
     """
+    positions, fine_pixels, order = _disk_cover(ra_deg, dec_deg, radius_arcsec)
+    if positions.size == 0 or partition_pixels.size == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    # Compare pixels as ranges of order-`depth` pixels: a partition of order k is the range
+    # [p << 2(depth - k), (p + 1) << 2(depth - k)), and so is each disk's fine pixel.
+    depth = max(order, int(partition_orders.max()))
+    shifts = 2 * (depth - partition_orders)
+    starts = partition_pixels << shifts
+    ends = (partition_pixels + 1) << shifts
+    by_start = np.argsort(starts, kind="stable")
+    starts, ends = starts[by_start], ends[by_start]
+    query_start = fine_pixels << (2 * (depth - order))
+    query_end = (fine_pixels + 1) << (2 * (depth - order))
+    first = np.searchsorted(ends, query_start, side="right")
+    last = np.searchsorted(starts, query_end, side="left")
+    counts = np.maximum(last - first, 0)
+    pair_positions = np.repeat(positions, counts)
+    offsets = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(
+        np.cumsum(counts) - counts, counts
+    )
+    pair_partitions = by_start[np.repeat(first, counts) + offsets].astype(np.int64)
+    count = np.asarray(ra_deg).size
+    keys = np.unique(pair_partitions * count + pair_positions)
+    return keys % count, keys // count
+
+
+def _disk_cover(
+    ra_deg: npt.ArrayLike, dec_deg: npt.ArrayLike, radius_arcsec: float
+) -> tuple[IntArray, IntArray, int]:
+    """(position index, pixel) pairs at one order whose pixels together cover each disk."""
     ra = np.asarray(ra_deg, dtype=np.float64)
     count = ra.size
     order = neighbour_order(radius_arcsec)
@@ -75,20 +111,7 @@ def touched_partitions(
     candidates = np.vstack((centres[np.newaxis, :], neighbours.reshape(8, count)))
     position_index = np.broadcast_to(np.arange(count, dtype=np.int64), candidates.shape)
     present = candidates >= 0  # -1 marks the missing neighbour at 3-pixel corners
-    fine_pixels = candidates[present]
-    positions = position_index[present]
-    if order >= partition_order:
-        partition_pixels = fine_pixels >> (2 * (order - partition_order))
-    else:
-        # Coarse neighbour pixels hold several partitions each: expand to all of them.
-        children = 1 << (2 * (partition_order - order))
-        partition_pixels = (
-            (fine_pixels[:, np.newaxis] << (2 * (partition_order - order)))
-            + np.arange(children, dtype=np.int64)
-        ).ravel()
-        positions = np.repeat(positions, children)
-    keys = np.unique(partition_pixels * count + positions)
-    return keys % count, keys // count
+    return position_index[present], candidates[present], order
 
 
 def pixel_runs(sorted_pixels: npt.NDArray[np.int64]) -> list[tuple[int, int, int]]:

@@ -1,6 +1,9 @@
-"""The local crossmatch engine: a catalog on disk, partitioned by HEALPix, matched in memory.
+"""The local crossmatch engine: a HATS catalog on disk, matched in memory.
 
-A batch reads only the partitions its positions can reach (``healpix_partitions``), finds
+The catalog is read as it is, through ``hats_catalog`` (a copy of a published HATS catalog
+or one written by ``catalog build``). A batch reads only the partitions its positions can
+reach (``healpix_partitions``, partitions of any order), and of those only the columns it
+asks for; loaded partitions stay in a bounded cache for the index's life. It finds
 candidates with KD-trees on unit vectors within a slightly widened chord, then keeps and
 orders them by the exact great-circle distance (``sky_geometry``). ``best`` keeps the
 nearest match of each position, ties going to the smallest catalog id, so the answer never
@@ -16,7 +19,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from scipy.spatial import cKDTree
 
 from xmatch_pipeline.match.catalog_build import (
@@ -26,8 +28,8 @@ from xmatch_pipeline.match.catalog_build import (
 )
 from xmatch_pipeline.match.catalog_spec import CatalogSpec
 from xmatch_pipeline.match.engine import POSITION_COLUMNS, CrossmatchError
-from xmatch_pipeline.match.healpix_partitions import pixel_runs, touched_partitions
-from xmatch_pipeline.match.index_manifest import IndexFormatError, IndexManifest, partition_path
+from xmatch_pipeline.match.hats_catalog import HatsCatalog, HatsFormatError, open_hats_catalog
+from xmatch_pipeline.match.healpix_partitions import covering_partitions, pixel_runs
 from xmatch_pipeline.match.nullable_frames import nullable_frame
 from xmatch_pipeline.match.partition_cache import (
     DEFAULT_CACHE_BYTES,
@@ -56,22 +58,24 @@ _CHORD_MARGIN = 1e-9
 
 
 class LocalCatalogIndex:
-    """One catalog index on disk (see ``catalog_build``), with a cache of loaded partitions."""
+    """One HATS catalog on disk, with a cache of loaded partitions."""
 
-    def __init__(self, directory: Path, manifest: IndexManifest, cache: PartitionCache) -> None:
-        self.directory = directory
-        self.manifest = manifest
+    def __init__(self, catalog: HatsCatalog, cache: PartitionCache) -> None:
+        self.catalog = catalog
         self._cache = cache
 
     @classmethod
     def open(cls, directory: Path, *, cache_bytes: int = DEFAULT_CACHE_BYTES) -> LocalCatalogIndex:
-        """Read the manifest only; partitions are read when a batch needs them."""
-        directory = Path(directory)
-        return cls(directory, IndexManifest.read(directory), PartitionCache(cache_bytes))
+        """Read the catalog's metadata only; partitions are read when a batch needs them."""
+        return cls(open_hats_catalog(Path(directory)), PartitionCache(cache_bytes))
+
+    @property
+    def directory(self) -> Path:
+        return self.catalog.directory
 
     @property
     def name(self) -> str:
-        return self.manifest.name
+        return self.catalog.name
 
     @property
     def cache(self) -> PartitionCache:
@@ -80,36 +84,34 @@ class LocalCatalogIndex:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        return self.manifest.columns
+        return self.catalog.columns
 
     def crossmatch(self, positions: pd.DataFrame, catalog: CatalogSpec) -> pd.DataFrame:
         """Matches of ``positions`` within ``catalog.radius_arcsec`` (engine contract)."""
         self._check_requested_columns(catalog)
         ra, dec = _position_coordinates(positions)
-        manifest = self.manifest
+        hats = self.catalog
         needed = list(
             dict.fromkeys(
-                [manifest.id_column, manifest.ra_column, manifest.dec_column, *catalog.columns]
+                [hats.ra_column, hats.dec_column, *hats.tie_break_columns, *catalog.columns]
             )
         )
-        position_index, pixels = touched_partitions(
-            ra, dec, catalog.radius_arcsec, manifest.partition_order
+        position_index, partition_index = covering_partitions(
+            ra, dec, catalog.radius_arcsec, hats.orders, hats.pixels
         )
-        stored = np.isin(pixels, np.fromiter(manifest.pixel_rows, dtype=np.int64))
-        position_index, pixels = position_index[stored], pixels[stored]
         vectors = unit_vectors(ra, dec)
         chord = chord_length(catalog.radius_arcsec) * (1.0 + _CHORD_MARGIN)
         matched_positions: list[np.ndarray] = []
         matched_rows: list[pa.Table] = []
-        for pixel, start, end in pixel_runs(pixels):
-            partition = self._partition(pixel, needed)
+        for partition, start, end in pixel_runs(partition_index):
+            loaded = self._partition(partition, needed)
             subset = position_index[start:end]
-            pairs = partition.tree.sparse_distance_matrix(
+            pairs = loaded.tree.sparse_distance_matrix(
                 cKDTree(vectors[subset]), chord, output_type="ndarray"
             )
             if len(pairs):
                 matched_positions.append(subset[pairs["j"]])
-                matched_rows.append(partition.table.select(needed).take(pairs["i"]))
+                matched_rows.append(loaded.table.select(needed).take(pairs["i"]))
         if not matched_rows:
             empty = self._empty_table(needed)
             return _matches_frame(
@@ -120,13 +122,13 @@ class LocalCatalogIndex:
         distances = separation_arcsec(
             ra[candidate_positions],
             dec[candidate_positions],
-            candidates.column(manifest.ra_column).to_numpy(),
-            candidates.column(manifest.dec_column).to_numpy(),
+            candidates.column(hats.ra_column).to_numpy(),
+            candidates.column(hats.dec_column).to_numpy(),
         )
         ordered = _order_matches(
             candidate_positions,
             distances,
-            candidates.column(manifest.id_column),
+            [candidates.column(name) for name in hats.tie_break_columns],
             catalog.radius_arcsec,
             best=catalog.selection == "best",
         )
@@ -152,42 +154,48 @@ class LocalCatalogIndex:
                 f"or use a reserved output name ({', '.join(OUTPUT_COLUMNS)})"
             )
 
-    def _partition(self, pixel: int, columns: Sequence[str]) -> LoadedPartition:
+    def _partition(self, partition: int, columns: Sequence[str]) -> LoadedPartition:
         """A partition with at least ``columns`` loaded, from the cache or from disk."""
-        cached = self._cache.get(pixel)
+        order = int(self.catalog.orders[partition])
+        pixel = int(self.catalog.pixels[partition])
+        key = _unique_pixel(order, pixel)
+        cached = self._cache.get(key)
         if cached is not None and all(name in cached.table.column_names for name in columns):
             return cached
-        path = partition_path(self.directory, self.manifest.partition_order, pixel)
         try:
             if cached is None:
-                table = _read_columns(path, list(columns))
+                table = self.catalog.read_partition(order, pixel, list(columns))
                 vectors = unit_vectors(
-                    table.column(self.manifest.ra_column).to_numpy(),
-                    table.column(self.manifest.dec_column).to_numpy(),
+                    table.column(self.catalog.ra_column).to_numpy(),
+                    table.column(self.catalog.dec_column).to_numpy(),
                 )
                 tree = cKDTree(vectors, balanced_tree=False, compact_nodes=False)
             else:
                 missing = [name for name in columns if name not in cached.table.column_names]
-                extra = _read_columns(path, missing)
+                extra = self.catalog.read_partition(order, pixel, missing)
                 table, vectors, tree = cached.table, cached.vectors, cached.tree
                 for name in missing:
                     table = table.append_column(name, extra.column(name))
         except (OSError, pa.ArrowException) as error:
+            path = self.catalog.partition_path(order, pixel)
             raise CrossmatchError(
-                f"catalog {self.name!r}: cannot read partition {path}: {error}; the index "
-                "may be incomplete, rebuild it with `xmatch-pipeline catalog build`"
+                f"catalog {self.name!r}: cannot read partition {path}: {error}; the HATS "
+                "catalog may be incomplete: copy it again, or rebuild it with "
+                "`xmatch-pipeline catalog build`"
             ) from error
-        loaded = LoadedPartition(pixel=pixel, table=table, vectors=vectors, tree=tree)
+        loaded = LoadedPartition(pixel=key, table=table, vectors=vectors, tree=tree)
         self._cache.put(loaded)
         return loaded
 
     def _empty_table(self, columns: Sequence[str]) -> pa.Table:
         """No rows, but the stored column types, so empty answers have the usual dtypes."""
-        if not self.manifest.pixel_rows:
-            return pa.table({name: pa.array([], pa.string()) for name in columns})
-        any_pixel = next(iter(self.manifest.pixel_rows))
-        path = partition_path(self.directory, self.manifest.partition_order, any_pixel)
-        return pq.read_schema(path).empty_table().select(list(columns))
+        schema = self.catalog.schema
+        return pa.schema([schema.field(name) for name in columns]).empty_table()
+
+
+def _unique_pixel(order: int, pixel: int) -> int:
+    """HEALPix's NUNIQ number: one integer for a pixel of any order."""
+    return 4 * (1 << (2 * order)) + pixel
 
 
 def _matches_frame(
@@ -208,27 +216,22 @@ def _matches_frame(
     return pd.concat([frame, catalog_frame], axis=1)
 
 
-def _read_columns(path: Path, columns: list[str]) -> pa.Table:
-    # ParquetFile.read is several times cheaper per file than pq.read_table's dataset layer.
-    with pq.ParquetFile(path) as parquet_file:
-        return parquet_file.read(columns=columns)
-
-
 def _order_matches(
     positions: np.ndarray,
     distances: FloatArray,
-    catalog_ids: pa.ChunkedArray,
+    tie_breakers: Sequence[pa.ChunkedArray],
     radius_arcsec: float,
     *,
     best: bool,
 ) -> np.ndarray:
     """Indices of kept candidates, by (input row, distance, catalog id); one each for best."""
     within = np.flatnonzero(distances <= radius_arcsec)
+    taken = pa.array(within)
     keys = pa.table(
         {
             "position": positions[within],
             "distance": distances[within],
-            "catalog_id": catalog_ids.take(pa.array(within)),
+            **{f"tie{rank}": column.take(taken) for rank, column in enumerate(tie_breakers)},
         }
     )
     order = pc.sort_indices(
@@ -236,7 +239,7 @@ def _order_matches(
         sort_keys=[
             ("position", "ascending"),
             ("distance", "ascending"),
-            ("catalog_id", "ascending"),
+            *((f"tie{rank}", "ascending") for rank in range(len(tie_breakers))),
         ],
     ).to_numpy()
     kept: np.ndarray = within[order]
@@ -281,7 +284,7 @@ class LocalCrossmatchEngine:
         for name, directory in catalog_directories.items():
             try:
                 self._indexes[name] = LocalCatalogIndex.open(directory, cache_bytes=cache_bytes)
-            except IndexFormatError as error:
+            except HatsFormatError as error:
                 raise CrossmatchError(f"catalog {name!r}: {error}") from error
 
     def index(self, name: str) -> LocalCatalogIndex:
