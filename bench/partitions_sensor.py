@@ -41,8 +41,8 @@ from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.orchestration import run_tags
 from xmatch_pipeline.orchestration.partitions import OFFSET_RANGES_NAME
 from xmatch_pipeline.orchestration.resources import XmatchResource
-from xmatch_pipeline.settings import load_settings
 from xmatch_pipeline.orchestration.sensors import build_kafka_lag_sensor
+from xmatch_pipeline.settings import load_settings
 
 RESULTS = PROJECT_ROOT / "bench" / "results" / "partitions_sensor.json"
 REPORT = PROJECT_ROOT / "docs" / "benchmarks.md"
@@ -83,7 +83,9 @@ def _history(instance: DagsterInstance, count: int) -> float:
 def _tick(instance: DagsterInstance) -> tuple[float, int]:
     sensor = build_kafka_lag_sensor(5)
     started = time.perf_counter()
-    with build_sensor_context(instance=instance, resources={"xmatch": XmatchResource(load_settings(os.environ))}) as context:
+    with build_sensor_context(
+        instance=instance, resources={"xmatch": XmatchResource(load_settings(os.environ))}
+    ) as context:
         result = sensor(context)
     assert isinstance(result, SensorResult), result
     for partitions_request in result.dynamic_partitions_requests or []:

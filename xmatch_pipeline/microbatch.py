@@ -67,7 +67,7 @@ from xmatch_pipeline.store.match_writer import (
     write_match_batch,
 )
 from xmatch_pipeline.store.range_ledger import RangeCounts, RangeLedger
-from xmatch_pipeline.survey import Survey, TopicSurveys
+from xmatch_pipeline.survey import Survey
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +242,9 @@ class MicrobatchRunner:
         self.ledger = RangeLedger(database, config.settings.consumer_group_id)
         self._match_cache = StoredMatchCache(database) if config.settings.use_match_cache else None
         self._stage_hook = stage_hook or (lambda stage: None)
-        self._lsst_output_ids = config.lsst_output_ids or LsstOutputSchemaIds(config.settings.output_topic)
+        self._lsst_output_ids = config.lsst_output_ids or LsstOutputSchemaIds(
+            config.settings.output_topic
+        )
 
     def run(
         self,

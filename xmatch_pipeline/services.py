@@ -240,7 +240,7 @@ class PipelineServices:
         return KafkaOffsetsReader(
             self.kafka,
             self.settings.consumer_group_id,
-            timeout_seconds=MicrobatchConfig.kafka_request_timeout_seconds,
+            timeout_seconds=self.settings.consume_timeout_seconds,
         )
 
     def input_topics(self, now: datetime | None = None) -> list[str]:

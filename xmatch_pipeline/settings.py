@@ -628,13 +628,17 @@ class PipelineSettings(SettingsGroup):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError(f"XMATCH_LSST_SCHEMA_REGISTRY_URL={value!r} must be http(s)://")
         rules = info.data.get("topic_survey_rules")
-        if value is None and TopicSurveys.parse(info.data.get("survey", "ztf"), rules).names("lsst"):
+        if value is None and TopicSurveys.parse(info.data.get("survey", "ztf"), rules).names(
+            "lsst"
+        ):
             from xmatch_pipeline.decode.lsst_schemas import packaged_lsst_schemas
 
             try:
                 packaged_lsst_schemas()
             except ValueError as error:
-                raise ValueError(f"XMATCH_SURVEY / XMATCH_TOPIC_SURVEYS name LSST: {error}") from None
+                raise ValueError(
+                    f"XMATCH_SURVEY / XMATCH_TOPIC_SURVEYS name LSST: {error}"
+                ) from None
         return value
 
     @property
@@ -657,7 +661,9 @@ class PipelineSettings(SettingsGroup):
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"XMATCH_FAILURE_WEBHOOK_URL={value!r} must be an http:// or https:// URL")
+            raise ValueError(
+                f"XMATCH_FAILURE_WEBHOOK_URL={value!r} must be an http:// or https:// URL"
+            )
         return value
 
     @property

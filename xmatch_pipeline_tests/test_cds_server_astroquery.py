@@ -27,7 +27,7 @@ TIMEOUT = (1.0, 30.0)
 
 
 @pytest.fixture
-def xmatch_client(cds_server: CdsXmatchServer):  # type: ignore[no-untyped-def]
+def xmatch_client(cds_server: CdsXmatchServer):
     from astroquery.xmatch import XMatchClass
 
     client = XMatchClass()
@@ -50,13 +50,13 @@ def request_positions(shared_data_dir: Path) -> Table:
     )
 
 
-def test_astroquery_lists_the_served_tables(xmatch_client) -> None:  # type: ignore[no-untyped-def]
+def test_astroquery_lists_the_served_tables(xmatch_client) -> None:
     assert xmatch_client.get_available_tables(cache=False) == ["II/328/allwise"]
     assert xmatch_client.is_table_available("vizier:II/328/allwise")
     assert not xmatch_client.is_table_available("II/246/out")
 
 
-def test_astroquery_query_equals_the_csv_answer(  # type: ignore[no-untyped-def]
+def test_astroquery_query_equals_the_csv_answer(
     xmatch_client, cds_server: CdsXmatchServer, request_positions: Table
 ) -> None:
     found = xmatch_client.query(
@@ -102,7 +102,7 @@ def test_astroquery_query_equals_the_csv_answer(  # type: ignore[no-untyped-def]
     assert np.ma.getmaskarray(found["e_W4mag"]).any()  # real nulls come back masked
 
 
-def test_astroquery_sees_a_refused_query_as_invalid(  # type: ignore[no-untyped-def]
+def test_astroquery_sees_a_refused_query_as_invalid(
     xmatch_client, request_positions: Table
 ) -> None:
     from astroquery.exceptions import InvalidQueryError

@@ -15,7 +15,6 @@ from dagster import DagsterEventType, DagsterInstance, build_run_status_sensor_c
 
 from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.orchestration.failure_sensor import report_failure
-from xmatch_pipeline.orchestration.resources import XmatchResource
 from xmatch_pipeline.orchestration.sensors import run_request
 from xmatch_pipeline.run_planning import PlannedRun
 from xmatch_pipeline_tests.pipeline_fixtures import (
@@ -65,7 +64,7 @@ def stream(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> S
 
 
 @pytest.fixture
-def environment(  # noqa: PLR0917 (fixtures)
+def environment(
     stream: SmallStream,
     kafka_bootstrap: str,
     fresh_database_url: str,
@@ -83,7 +82,6 @@ def environment(  # noqa: PLR0917 (fixtures)
         XMATCH_FAILURE_TOPIC=new_topic("failure-alerts"),
         XMATCH_FAILURE_WEBHOOK_URL=webhook[0],
     )
-    xmatch = xmatch_resource(environment)
     return environment
 
 
@@ -94,6 +92,7 @@ def test_a_failed_run_is_sent_with_its_range_reason_and_attempt_to_kafka_and_a_w
     webhook: tuple[str, list[dict[str, object]]],
 ) -> None:
     received = webhook[1]
+    xmatch = xmatch_resource(environment)
     alerts_topic = environment["XMATCH_FAILURE_TOPIC"]
     topic = environment["CONSUMER_TOPICS"]
     produce_values(kafka_bootstrap, topic, stream.messages[:6])
