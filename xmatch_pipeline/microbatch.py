@@ -25,15 +25,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
-import pandas as pd
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from xmatch_pipeline.bad_input import ScreenedAlert, screen_records
 from xmatch_pipeline.kafka_config import KafkaClientConfig, KafkaOperationError
-from xmatch_pipeline.match import allwise
-from xmatch_pipeline.match.alert_matching import CANDID, BatchMatches, crossmatch_alerts
-from xmatch_pipeline.match.catalog_spec import CatalogSpec
+from xmatch_pipeline.match.alert_matching import BatchMatches, StoredMatches, crossmatch_alerts
+from xmatch_pipeline.match.catalog_configuration import ConfiguredCatalog
+from xmatch_pipeline.match.catalog_rows import catalog_table_rows, xmatch_rows
 from xmatch_pipeline.match.engine import CrossmatchEngine
 from xmatch_pipeline.offset_precondition import group_start_problem
 from xmatch_pipeline.offset_range import OffsetRange
@@ -81,7 +80,7 @@ class MicrobatchConfig:
     consumer_group_id: str
     output_topic: str
     dead_letter_topic: str
-    catalogs: tuple[CatalogSpec, ...]
+    catalogs: tuple[ConfiguredCatalog, ...]
     step: StepRecord
     chunk_messages: int = 2_000
     output_precision: Precision = "double"
@@ -192,7 +191,7 @@ class _RangeRun:
     run_id: str
     produce_output: bool
     report: MicrobatchReport
-    allwise_matches: list[pd.DataFrame] = field(default_factory=list)
+    stored_matches: list[StoredMatches] = field(default_factory=list)
     limits: MessageLimits = field(default_factory=MessageLimits)
 
 
@@ -409,13 +408,14 @@ class MicrobatchRunner:
             with _timed(report.seconds, "produce"):
                 published = self._produce(run, publisher, alerts, dead_letters, matches)
             if len(published) < len(alerts):
-                alerts, matches = published, _only(matches, published)
+                alerts = published
+                matches = matches.only({alert.candid for alert in published})
         report.dead_lettered += len(dead_letters)
         report.alerts_decoded += len(alerts)
         report.alerts_matched += matches.matched_alerts
         report.candids.extend(alert.candid for alert in alerts)
         report.object_ids.extend(alert.object_id for alert in alerts)
-        run.allwise_matches.extend(matches.allwise_matches)
+        run.stored_matches.extend(matches.stored_matches)
 
     def _commit(
         self, run: _RangeRun, publisher: TransactionalPublisher, reader: KafkaRangeReader
@@ -471,6 +471,8 @@ class MicrobatchRunner:
                 screened.alert,
                 matches.xmatches_by_candid.get(screened.candid),
                 precision=config.output_precision,
+                provenance=matches.provenance_by_candid.get(screened.candid),
+                all_matches=matches.all_matches_by_candid.get(screened.candid),
             )
         except (ValueError, TypeError, OverflowError) as error:
             return DeadLetter(
@@ -495,14 +497,7 @@ class MicrobatchRunner:
         return None
 
     def _persist(self, run: _RangeRun) -> None:
-        frames = [frame for frame in run.allwise_matches if len(frame)]
-        combined = pd.concat(frames, ignore_index=True) if frames else None
-        rows = MatchBatchRows(
-            object_ids=run.report.object_ids,
-            allwise_rows=allwise.allwise_database_rows(combined) if combined is not None else [],
-            xmatch_rows=allwise.xmatch_database_rows(combined) if combined is not None else [],
-            step=self.config.step,
-        )
+        rows = _database_rows(run.report.object_ids, run.stored_matches, self.config.step)
         counts = RangeCounts(
             alerts_in=run.report.messages_in,
             matched=run.report.alerts_matched,
@@ -526,16 +521,20 @@ class MicrobatchRunner:
             ) from error
 
 
-def _only(matches: BatchMatches, alerts: list[ScreenedAlert]) -> BatchMatches:
-    """The matches of ``alerts`` alone: a dead-lettered alert leaves no database row."""
-    kept = {alert.candid for alert in alerts}
-    return BatchMatches(
-        xmatches_by_candid={
-            candid: xmatches
-            for candid, xmatches in matches.xmatches_by_candid.items()
-            if candid in kept
-        },
-        allwise_matches=[frame[frame[CANDID].isin(kept)] for frame in matches.allwise_matches],
-        sent_to_engine=matches.sent_to_engine,
-        served_from_cache=matches.served_from_cache,
+def _database_rows(
+    object_ids: list[str], stored_matches: list[StoredMatches], step: StepRecord
+) -> MatchBatchRows:
+    """Each stored catalog's rows and its ``xmatch`` rows, from the run's matches."""
+    catalog_rows: dict[str, list[dict[str, object]]] = {}
+    links: list[dict[str, object]] = []
+    for stored in stored_matches:
+        definition = stored.catalog.definition
+        if definition.table is None or stored.frame.empty:
+            continue
+        catalog_rows.setdefault(definition.table.name, []).extend(
+            catalog_table_rows(definition, stored.frame)
+        )
+        links.extend(xmatch_rows(definition, stored.frame, stored.provenance))
+    return MatchBatchRows(
+        object_ids=object_ids, catalog_rows=catalog_rows, xmatch_rows=links, step=step
     )

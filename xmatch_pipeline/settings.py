@@ -16,8 +16,13 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from xmatch_pipeline.match import allwise
-from xmatch_pipeline.match.catalog_spec import CatalogSpec
+from xmatch_pipeline.match.catalog_configuration import (
+    CatalogConfigurationError,
+    ConfiguredCatalog,
+    configured_catalogs,
+    default_catalog,
+)
+from xmatch_pipeline.match.catalogs import allwise
 from xmatch_pipeline.match.cds_client import (
     DEFAULT_CDS_XMATCH_URL,
     MAX_REQUESTS_IN_FLIGHT,
@@ -114,7 +119,7 @@ class PipelineSettings:
     output_topic: str
     dead_letter_topic: str
     database: DatabaseSettings
-    catalogs: tuple[CatalogSpec, ...]
+    catalogs: tuple[ConfiguredCatalog, ...]
     engine: EngineName
     cds: CdsClientSettings
     local_catalog_directories: Mapping[str, Path]
@@ -135,22 +140,6 @@ class PipelineSettings:
     max_run_attempts: int = 3
     output_precision: OutputPrecision = "double"
     use_match_cache: bool = True
-
-
-def _catalog_from_json(entry: object, index: int) -> CatalogSpec:
-    if not isinstance(entry, dict) or "name" not in entry:
-        raise ValueError(f"entry {index} must be an object with at least 'name'")
-    name = str(entry["name"])
-    default_columns = allwise.CDS_COLUMNS if name.lower() == "allwise" else ()
-    columns = tuple(str(column) for column in entry.get("columns", default_columns))
-    if not columns:
-        raise ValueError(f"entry {index} ({name}) needs 'columns': the catalog columns to keep")
-    return CatalogSpec(
-        name=name,
-        columns=columns,
-        radius_arcsec=float(entry.get("radius_arcsec", 1.0)),
-        selection=entry.get("selection", "best"),
-    )
 
 
 class _Reader:
@@ -282,22 +271,22 @@ def _topic_selection(reader: _Reader) -> TopicSelection:
     return TopicSelection(topics=topics, daily_format=daily_format, pattern=pattern)
 
 
-def _catalogs(reader: _Reader) -> tuple[CatalogSpec, ...]:
+def _catalogs(reader: _Reader) -> tuple[ConfiguredCatalog, ...]:
+    """The catalogs to match (``match.catalog_configuration`` checks each entry)."""
     raw = reader.optional("XMATCH_CATALOGS")
     if raw is None:
-        return (allwise.ALLWISE_SPEC,)
+        return (default_catalog(allwise.CATALOG),)
     try:
-        entries = json.loads(raw)
-        if not isinstance(entries, list) or not entries:
-            raise ValueError("must be a non-empty JSON array")
-        return tuple(_catalog_from_json(entry, index) for index, entry in enumerate(entries))
+        return configured_catalogs(json.loads(raw))
+    except CatalogConfigurationError as error:
+        reader.problems.extend(error.problems)
     except ValueError as error:
         reader.problems.append(
-            f"XMATCH_CATALOGS is malformed ({error}); expected e.g. "
+            f"XMATCH_CATALOGS is malformed (not JSON: {error}); expected e.g. "
             '[{"name": "allwise", "columns": ["AllWISE", "RAJ2000", "DEJ2000", "W1mag"], '
             '"radius_arcsec": 1.0, "selection": "best"}]'
         )
-        return ()
+    return ()
 
 
 def _local_catalogs(reader: _Reader) -> dict[str, Path]:

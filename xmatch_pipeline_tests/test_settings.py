@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from xmatch_pipeline.match.allwise import ALLWISE_SPEC
+from xmatch_pipeline.match.catalog_configuration import default_catalog
+from xmatch_pipeline.match.catalogs import allwise
 from xmatch_pipeline.services import PipelineServices
 from xmatch_pipeline.settings import SettingsError, load_settings
 from xmatch_pipeline_tests.pipeline_fixtures import use_environment
@@ -184,7 +185,9 @@ def test_the_original_environment_carries_over(monkeypatch: pytest.MonkeyPatch) 
     assert settings.cds.backoff_initial_seconds == 2.0
     # As the original: CDS, ALLWISE, best match within 1″.
     assert settings.engine == "cds"
-    assert settings.catalogs == (ALLWISE_SPEC,)
+    assert settings.catalogs == (default_catalog(allwise.CATALOG),)
+    spec = settings.catalogs[0].spec
+    assert (spec.columns, spec.radius_arcsec, spec.selection) == (allwise.CDS_COLUMNS, 1.0, "best")
     assert settings.output_precision == "double"
     assert settings.consumer_credentials is not None
     assert settings.consumer_credentials.username == "alerce"

@@ -9,6 +9,7 @@ depends on file or thread order.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,13 +28,19 @@ from xmatch_pipeline.match.catalog_build import (
 from xmatch_pipeline.match.catalog_spec import CatalogSpec
 from xmatch_pipeline.match.engine import POSITION_COLUMNS, CrossmatchError
 from xmatch_pipeline.match.healpix_partitions import pixel_runs, touched_partitions
-from xmatch_pipeline.match.index_manifest import IndexFormatError, IndexManifest, partition_path
+from xmatch_pipeline.match.index_manifest import (
+    MANIFEST_FILE,
+    IndexFormatError,
+    IndexManifest,
+    partition_path,
+)
 from xmatch_pipeline.match.nullable_frames import nullable_frame
 from xmatch_pipeline.match.partition_cache import (
     DEFAULT_CACHE_BYTES,
     LoadedPartition,
     PartitionCache,
 )
+from xmatch_pipeline.match.provenance import EngineIdentity
 from xmatch_pipeline.match.sky_geometry import (
     FloatArray,
     chord_length,
@@ -58,10 +65,17 @@ _CHORD_MARGIN = 1e-9
 class LocalCatalogIndex:
     """One catalog index on disk (see ``catalog_build``), with a cache of loaded partitions."""
 
-    def __init__(self, directory: Path, manifest: IndexManifest, cache: PartitionCache) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        manifest: IndexManifest,
+        cache: PartitionCache,
+        build_id: str | None = None,
+    ) -> None:
         self.directory = directory
         self.manifest = manifest
         self._cache = cache
+        self.build_id = build_id or index_build_id(directory)
 
     @classmethod
     def open(cls, directory: Path, *, cache_bytes: int = DEFAULT_CACHE_BYTES) -> LocalCatalogIndex:
@@ -190,6 +204,16 @@ class LocalCatalogIndex:
         return pq.read_schema(path).empty_table().select(list(columns))
 
 
+def index_build_id(directory: Path) -> str:
+    """The build id of an index: a digest of its manifest, which lists every partition and
+    its row count, so a rebuilt index with other rows gets another id."""
+    try:
+        manifest = (Path(directory) / MANIFEST_FILE).read_bytes()
+    except OSError as error:
+        raise CrossmatchError(f"cannot read the manifest of index {directory}: {error}") from error
+    return hashlib.sha256(manifest).hexdigest()[:16]
+
+
 def _matches_frame(
     positions: pd.DataFrame,
     position_rows: np.ndarray,
@@ -294,3 +318,6 @@ class LocalCrossmatchEngine:
 
     def crossmatch(self, positions: pd.DataFrame, catalog: CatalogSpec) -> pd.DataFrame:
         return self.index(catalog.name).crossmatch(positions, catalog)
+
+    def identity(self, catalog: CatalogSpec) -> EngineIdentity:
+        return EngineIdentity("local", self.index(catalog.name).build_id)

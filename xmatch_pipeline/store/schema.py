@@ -15,10 +15,11 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.schema import AddConstraint
 
 from xmatch_pipeline.store.advisory_keys import advisory_key
+from xmatch_pipeline.store.catalog_tables import stored_catalog_tables
 from xmatch_pipeline.store.errors import SchemaError, database_unavailable
 from xmatch_pipeline.store.tables import (
     LEDGER_LIVE_OVERLAP_CONSTRAINT,
-    allwise_table,
+    XMATCH_PROVENANCE_COLUMNS,
     metadata,
     offset_range_ledger_table,
     xmatch_table,
@@ -42,8 +43,37 @@ def ensure_schema(engine: Engine) -> None:
         connection.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
         _ensure_extension(connection)
         metadata.create_all(connection, checkfirst=True)
+        ensure_provenance_and_catalog_tables(connection)
         _refuse_single_precision(connection)
         _refuse_ledger_without_consumer_group(connection)
+
+
+# --- provenance and Gaia tables (issue 9) ---------------------------------------------
+# One idempotent block, apart from the rest so that it can become a migration as it is:
+#   ALTER TABLE xmatch ADD COLUMN IF NOT EXISTS release text,
+#       ADD COLUMN IF NOT EXISTS engine text, ADD COLUMN IF NOT EXISTS index_build text,
+#       ADD COLUMN IF NOT EXISTS radius_arcsec double precision;
+#   CREATE TABLE IF NOT EXISTS gaia_dr3 (source_id bigint PRIMARY KEY, ra, dec, parallax,
+#       parallax_error, pmra, pmdec, phot_g_mean_mag, phot_bp_mean_mag, phot_rp_mean_mag,
+#       ruwe: double precision), and likewise the table of any stored catalog added later.
+# Rows written before it keep a NULL release, so the match cache does not serve them
+# (their release is unknown) and the next match of their object rewrites them.
+
+
+def ensure_provenance_and_catalog_tables(connection: Connection) -> None:
+    """Add the provenance columns to an existing ``xmatch`` and create every stored
+    catalog's table; a no-op when they exist."""
+    for table in stored_catalog_tables():
+        table.create(connection, checkfirst=True)
+    for name in XMATCH_PROVENANCE_COLUMNS:
+        column = xmatch_table.c[name]
+        column_type = column.type.compile(dialect=connection.dialect)
+        connection.execute(
+            text(f"ALTER TABLE {xmatch_table.name} ADD COLUMN IF NOT EXISTS {name} {column_type}")
+        )
+
+
+# --- end of provenance and Gaia tables ----------------------------------------------
 
 
 def _ensure_extension(connection: Connection) -> None:
@@ -90,7 +120,7 @@ def _refuse_single_precision(connection: Connection) -> None:
             "WHERE table_schema = current_schema() AND table_name = ANY(:tables) "
             "AND data_type = 'real' ORDER BY table_name, ordinal_position"
         ),
-        {"tables": [allwise_table.name, xmatch_table.name]},
+        {"tables": [xmatch_table.name, *(table.name for table in stored_catalog_tables())]},
     ).all()
     if rows:
         columns = ", ".join(f"{table}.{column}" for table, column in rows)

@@ -70,8 +70,17 @@ xmatch_table = Table(
     Column("catid", Text, nullable=False),
     Column("oid_catalog", Text, nullable=False),
     Column("dist", Double, nullable=False, comment="angular distance, arcsec"),
+    # Provenance (issue 9), nullable: rows written before it have none. Added to an existing
+    # table by schema.ensure_provenance_and_catalog_tables.
+    Column("release", Text, nullable=True, comment="catalog release that gave the match"),
+    Column("engine", Text, nullable=True, comment="cds or local"),
+    Column("index_build", Text, nullable=True, comment="the local index's build id"),
+    Column("radius_arcsec", Double, nullable=True, comment="match radius asked, arcsec"),
     PrimaryKeyConstraint("oid", "catid"),
 )
+
+#: The provenance columns of ``xmatch``, in order.
+XMATCH_PROVENANCE_COLUMNS: Final = ("release", "engine", "index_build", "radius_arcsec")
 
 step_table = Table(
     "step",
