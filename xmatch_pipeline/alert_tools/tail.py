@@ -16,7 +16,7 @@ from xmatch_pipeline.decode import decode_alert
 def tail_summaries(
     bootstrap: str, topic: str, limit: int, timeout_seconds: float = 10.0
 ) -> Iterator[dict[str, Any]]:
-    """The first ``limit`` committed messages of ``topic``: objectId, candid, xmatches."""
+    """The first ``limit`` committed messages of ``topic``: ids and the crossmatch fields."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -46,6 +46,8 @@ def tail_summaries(
                 "objectId": alert.object_id,
                 "candid": alert.candid,
                 "xmatches": alert.record.get("xmatches"),
+                "xmatch_matches": alert.record.get("xmatch_matches"),
+                "xmatch_provenance": alert.record.get("xmatch_provenance"),
             }
     finally:
         consumer.close()
