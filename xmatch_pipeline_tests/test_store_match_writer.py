@@ -381,7 +381,11 @@ def test_gaia_rows_keep_their_19_digit_ids_exact(engine: Engine):
         "index_build": "abc",
         "radius_arcsec": 1.0,
     }
-    batch = MatchBatchRows(["ZTF20gaia"], {"gaia_dr3": [row]}, [link], STEP)
+    # An ALLWISE link (a text id) beside it: the Gaia lookup must not try it as a number.
+    allwise_link = _xmatch("ZTF20gaia", SOURCE_A, 0.3)
+    batch = MatchBatchRows(
+        ["ZTF20gaia"], {"gaia_dr3": [row], "allwise": [SOURCE_A]}, [link, allwise_link], STEP
+    )
     with engine.begin() as connection:
         connection.execute(text("TRUNCATE gaia_dr3"))
         write_match_batch(connection, batch)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from sqlalchemy import BigInteger, Engine, cast, select
+from sqlalchemy import BigInteger, ColumnElement, Engine, case, cast, select
 
 from xmatch_pipeline.match.catalog_definition import CatalogDefinition
 from xmatch_pipeline.match.provenance import MatchProvenance
@@ -53,8 +53,11 @@ class StoredMatchCache:
             return found
         table = catalog_table(catalog)
         key = table.c[catalog.table.key]
-        link = xmatch_table.c.oid_catalog
-        joined_on = key == (cast(link, BigInteger) if isinstance(key.type, BigInteger) else link)
+        link: ColumnElement[object] = xmatch_table.c.oid_catalog
+        if isinstance(key.type, BigInteger):
+            # Cast only this catalog's links: another catalog's ids are not numbers.
+            link = case((xmatch_table.c.catid == catalog.name, cast(link, BigInteger)))
+        joined_on = key == link
         query = (
             select(
                 xmatch_table.c.oid,
