@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xmatch_pipeline.alert_tools.synthetic import write_synthetic_alerts
-from xmatch_pipeline.match import allwise
+from xmatch_pipeline.match.catalogs import allwise
 from xmatch_pipeline.match.local_index import build_catalog_index
 
 DEMO_SEED = 2020

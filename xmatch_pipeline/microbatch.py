@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Literal
 
-import pandas as pd
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -34,8 +33,8 @@ from xmatch_pipeline.bad_input import ScreenedAlert, screen_records
 from xmatch_pipeline.decode.lsst_alert import LsstAlert
 from xmatch_pipeline.decode.lsst_schemas import LsstSchemaSource
 from xmatch_pipeline.kafka_config import KafkaClientConfig, KafkaOperationError
-from xmatch_pipeline.match import allwise
-from xmatch_pipeline.match.alert_matching import CANDID, BatchMatches, crossmatch_alerts
+from xmatch_pipeline.match.alert_matching import BatchMatches, StoredMatches, crossmatch_alerts
+from xmatch_pipeline.match.catalog_rows import catalog_table_rows, xmatch_rows
 from xmatch_pipeline.match.engine import CrossmatchEngine
 from xmatch_pipeline.offset_precondition import group_start_problem
 from xmatch_pipeline.offset_range import OffsetRange
@@ -194,7 +193,7 @@ class _RangeRun:
     run_id: str
     produce_output: bool
     report: MicrobatchReport
-    allwise_matches: list[pd.DataFrame] = field(default_factory=list)
+    stored_matches: list[StoredMatches] = field(default_factory=list)
     limits: MessageLimits = field(default_factory=MessageLimits)
     survey: Survey = "ztf"
 
@@ -429,13 +428,14 @@ class MicrobatchRunner:
             with _timed(report.seconds, "produce"):
                 published = self._produce(run, publisher, alerts, dead_letters, matches)
             if len(published) < len(alerts):
-                alerts, matches = published, _only(matches, published)
+                alerts = published
+                matches = matches.only({alert.candid for alert in published})
         report.dead_lettered += len(dead_letters)
         report.alerts_decoded += len(alerts)
         report.alerts_matched += matches.matched_alerts
         report.candids.extend(alert.candid for alert in alerts)
         report.object_ids.extend(alert.object_id for alert in alerts)
-        run.allwise_matches.extend(matches.allwise_matches)
+        run.stored_matches.extend(matches.stored_matches)
 
     def _commit(
         self, run: _RangeRun, publisher: TransactionalPublisher, reader: KafkaRangeReader
@@ -488,16 +488,24 @@ class MicrobatchRunner:
         config = self.config
         xmatches = matches.xmatches_by_candid.get(screened.candid)
         try:
+            provenance = matches.provenance_by_candid.get(screened.candid)
+            all_matches = matches.all_matches_by_candid.get(screened.candid)
             if isinstance(screened.alert, LsstAlert):
                 value = encode_enriched_lsst_alert(
                     screened.alert,
                     xmatches,
                     self._lsst_output_ids,
                     precision=config.settings.output_precision,
+                    provenance=provenance,
+                    all_matches=all_matches,
                 )
             else:
                 value = encode_enriched_alert(
-                    screened.alert, xmatches, precision=config.settings.output_precision
+                    screened.alert,
+                    xmatches,
+                    precision=config.settings.output_precision,
+                    provenance=provenance,
+                    all_matches=all_matches,
                 )
         except (ValueError, TypeError, OverflowError) as error:
             return DeadLetter(
@@ -522,14 +530,8 @@ class MicrobatchRunner:
         return None
 
     def _persist(self, run: _RangeRun) -> None:
-        frames = [frame for frame in run.allwise_matches if len(frame)]
-        combined = pd.concat(frames, ignore_index=True) if frames else None
-        rows = MatchBatchRows(
-            object_ids=run.report.object_ids,
-            allwise_rows=allwise.allwise_database_rows(combined) if combined is not None else [],
-            xmatch_rows=allwise.xmatch_database_rows(combined) if combined is not None else [],
-            step=self.config.step,
-            survey=run.survey,
+        rows = _database_rows(
+            run.report.object_ids, run.stored_matches, self.config.step, run.survey
         )
         counts = RangeCounts(
             alerts_in=run.report.messages_in,
@@ -554,16 +556,24 @@ class MicrobatchRunner:
             ) from error
 
 
-def _only(matches: BatchMatches, alerts: list[ScreenedAlert]) -> BatchMatches:
-    """The matches of ``alerts`` alone: a dead-lettered alert leaves no database row."""
-    kept = {alert.candid for alert in alerts}
-    return BatchMatches(
-        xmatches_by_candid={
-            candid: xmatches
-            for candid, xmatches in matches.xmatches_by_candid.items()
-            if candid in kept
-        },
-        allwise_matches=[frame[frame[CANDID].isin(kept)] for frame in matches.allwise_matches],
-        sent_to_engine=matches.sent_to_engine,
-        served_from_cache=matches.served_from_cache,
+def _database_rows(
+    object_ids: list[str], stored_matches: list[StoredMatches], step: StepRecord, survey: Survey
+) -> MatchBatchRows:
+    """Each stored catalog's rows and its ``xmatch`` rows, from the run's matches."""
+    catalog_rows: dict[str, list[dict[str, object]]] = {}
+    links: list[dict[str, object]] = []
+    for stored in stored_matches:
+        definition = stored.catalog.definition
+        if definition.table is None or stored.frame.empty:
+            continue
+        catalog_rows.setdefault(definition.table.name, []).extend(
+            catalog_table_rows(definition, stored.frame)
+        )
+        links.extend(xmatch_rows(definition, stored.frame, stored.provenance))
+    return MatchBatchRows(
+        object_ids=object_ids,
+        catalog_rows=catalog_rows,
+        xmatch_rows=links,
+        step=step,
+        survey=survey,
     )

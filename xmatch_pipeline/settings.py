@@ -32,8 +32,13 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticUndefined
 
-from xmatch_pipeline.match import allwise
-from xmatch_pipeline.match.catalog_spec import CatalogSpec
+from xmatch_pipeline.match.catalog_configuration import (
+    CatalogConfigurationError,
+    ConfiguredCatalog,
+    configured_catalogs,
+    default_catalog,
+)
+from xmatch_pipeline.match.catalogs import allwise
 from xmatch_pipeline.match.cds_client import (
     DEFAULT_CDS_XMATCH_URL,
     MAX_REQUESTS_IN_FLIGHT,
@@ -269,22 +274,6 @@ class CdsSettings(SettingsGroup):
         )
 
 
-def _catalog_from_json(entry: object, index: int) -> CatalogSpec:
-    if not isinstance(entry, dict) or "name" not in entry:
-        raise ValueError(f"entry {index} must be an object with at least 'name'")
-    name = str(entry["name"])
-    default_columns = allwise.CDS_COLUMNS if name.lower() == "allwise" else ()
-    columns = tuple(str(column) for column in entry.get("columns", default_columns))
-    if not columns:
-        raise ValueError(f"entry {index} ({name}) needs 'columns': the catalog columns to keep")
-    return CatalogSpec(
-        name=name,
-        columns=columns,
-        radius_arcsec=float(entry.get("radius_arcsec", 1.0)),
-        selection=entry.get("selection", "best"),
-    )
-
-
 def _credentials_pair(prefix: str, info: ValidationInfo, password: SecretStr | None) -> None:
     username = info.data.get(f"{prefix.lower()}_kafka_username")
     if (username is None) != (password is None):
@@ -364,11 +353,12 @@ class PipelineSettings(SettingsGroup):
     )
     engine: EngineName = setting("XMATCH_ENGINE", "`cds` (as the original) or `local`", "cds")
     cds: CdsSettings
-    catalogs: tuple[CatalogSpec, ...] = setting(
+    catalogs: tuple[ConfiguredCatalog, ...] = setting(
         "XMATCH_CATALOGS",
         'JSON array of catalogs (the original\'s array): `[{"name": "allwise", "columns": '
-        '[...], "radius_arcsec": 1.0, "selection": "best"}]`',
-        (allwise.ALLWISE_SPEC,),
+        '[...], "radius_arcsec": 1.0, "selection": "best"}]`; the fields of an entry: '
+        "[Catalogs](#catalogs)",
+        (default_catalog(allwise.CATALOG),),
         default_text="ALLWISE, 1″, best",
     )
     local_catalog_directories: dict[str, Path] = setting(
@@ -569,15 +559,16 @@ class PipelineSettings(SettingsGroup):
             return value
         try:
             entries = json.loads(value)
-            if not isinstance(entries, list) or not entries:
-                raise ValueError("must be a non-empty JSON array")
-            return tuple(_catalog_from_json(entry, index) for index, entry in enumerate(entries))
         except ValueError as error:
             raise ValueError(
-                f"XMATCH_CATALOGS is malformed ({error}); expected e.g. "
+                f"XMATCH_CATALOGS is malformed (not JSON: {error}); expected e.g. "
                 '[{"name": "allwise", "columns": ["AllWISE", "RAJ2000", "DEJ2000", "W1mag"], '
                 '"radius_arcsec": 1.0, "selection": "best"}]'
             ) from None
+        try:
+            return configured_catalogs(entries)
+        except CatalogConfigurationError as error:
+            raise ValueError("\n- ".join(error.problems)) from None
 
     @field_validator("local_catalog_directories", mode="before")
     @classmethod
@@ -708,7 +699,7 @@ def _check_local_indexes(directories: Mapping[str, Path], catalogs: object) -> N
     """Checked here so that a wrong path stops the code location, not every run."""
     problems: list[str] = []
     names = (
-        [c.name for c in catalogs if isinstance(c, CatalogSpec)]
+        [c.name for c in catalogs if isinstance(c, ConfiguredCatalog)]
         if isinstance(catalogs, tuple)
         else []
     )
@@ -727,9 +718,9 @@ def _check_local_indexes(directories: Mapping[str, Path], catalogs: object) -> N
             problems.append(f"XMATCH_LOCAL_CATALOGS {name}={directory}: {error}")
             continue
         for spec in catalogs if isinstance(catalogs, tuple) else ():
-            if not isinstance(spec, CatalogSpec) or spec.name != name:
+            if not isinstance(spec, ConfiguredCatalog) or spec.name != name:
                 continue
-            missing = [column for column in spec.columns if column not in hats.columns]
+            missing = [column for column in spec.spec.columns if column not in hats.columns]
             if missing:
                 problems.append(
                     f"XMATCH_CATALOGS asks catalog {name!r} for column(s) {', '.join(missing)}, "

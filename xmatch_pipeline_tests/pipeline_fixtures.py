@@ -33,8 +33,8 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
 from xmatch_pipeline.kafka_config import KafkaClientConfig
-from xmatch_pipeline.match.allwise import CDS_COLUMNS
 from xmatch_pipeline.match.catalog_build import build_catalog_index
+from xmatch_pipeline.match.catalogs.allwise import CDS_COLUMNS
 from xmatch_pipeline.orchestration.jobs import xmatch_microbatch
 from xmatch_pipeline.orchestration.partitions import OFFSET_RANGES_NAME
 from xmatch_pipeline.orchestration.resources import XmatchResource

@@ -9,16 +9,31 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from xmatch_pipeline.match.allwise import (
+from xmatch_pipeline.match import catalog_rows
+from xmatch_pipeline.match.catalogs.allwise import (
     ALLWISE_SPEC,
+    CATALOG,
     CDS_COLUMNS,
     DATABASE_COLUMNS,
-    allwise_database_rows,
-    cds_values,
-    xmatch_database_rows,
 )
 from xmatch_pipeline.match.cds_response import parse_xmatch_csv
+from xmatch_pipeline.match.provenance import EngineIdentity, MatchProvenance
 from xmatch_pipeline_tests.pipeline_fixtures import RESPONSE_FILE, allwise_data
+
+PROVENANCE = MatchProvenance.of(CATALOG.release, EngineIdentity("cds"), 1.0)
+
+
+def allwise_database_rows(matches: pd.DataFrame) -> list[dict[str, object]]:
+    return catalog_rows.catalog_table_rows(CATALOG, matches)
+
+
+def xmatch_database_rows(matches: pd.DataFrame) -> list[dict[str, object]]:
+    return catalog_rows.xmatch_rows(CATALOG, matches, [PROVENANCE] * len(matches))
+
+
+def cds_values(row: dict[str, object]) -> dict[str, object]:
+    return catalog_rows.cds_values(CATALOG, row)
+
 
 ALERCE_ALLWISE_COLUMNS = [
     "oid_catalog",
@@ -91,6 +106,10 @@ def test_one_database_row_per_source_and_xmatch_rows(real_matches: pd.DataFrame)
         "catid": "allwise",
         "oid_catalog": real_matches["AllWISE"].iloc[0],
         "dist": float(real_matches["angDist"].iloc[0]),
+        "release": "AllWISE (2013)",
+        "engine": "cds",
+        "index_build": None,
+        "radius_arcsec": 1.0,
     }
 
 

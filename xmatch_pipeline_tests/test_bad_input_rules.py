@@ -26,7 +26,8 @@ from xmatch_pipeline.decode.container import read_container
 from xmatch_pipeline.decode.record_scan import ScanError
 from xmatch_pipeline.decode.schema_text import with_last_field
 from xmatch_pipeline.match.alert_matching import crossmatch_alerts
-from xmatch_pipeline.match.allwise import ALLWISE_SPEC
+from xmatch_pipeline.match.catalog_configuration import default_catalog
+from xmatch_pipeline.match.catalogs import allwise
 from xmatch_pipeline.match.local_index import LocalCrossmatchEngine
 from xmatch_pipeline.offset_precondition import group_start_problem
 from xmatch_pipeline.offset_range import OffsetRange
@@ -357,7 +358,7 @@ def test_an_alert_that_came_twice_is_matched_once_and_both_copies_get_the_match(
     twice = [_Position(7, "ZTF20twice", ra, dec), _Position(7, "ZTF20twice", ra, dec)]
     engine = LocalCrossmatchEngine({"allwise": allwise_index})
 
-    matches = crossmatch_alerts(twice, engine, [ALLWISE_SPEC])
+    matches = crossmatch_alerts(twice, engine, [default_catalog(allwise.CATALOG)])
 
     assert matches.sent_to_engine == 1
     assert matches.xmatches_by_candid[7]["allwise"]["AllWISE"] == row["AllWISE"]

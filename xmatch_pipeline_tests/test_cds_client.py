@@ -14,9 +14,9 @@ import pytest
 
 from xmatch_pipeline.cds_server import CdsXmatchServer, Fault
 from xmatch_pipeline.cds_server.faults import NEVER_SENT_ID, SLOW_BODY_PIECE_BYTES
-from xmatch_pipeline.match.allwise import ALLWISE_SPEC, CDS_COLUMNS
 from xmatch_pipeline.match.catalog_aliases import cds_catalog_parameter, vizier_table
 from xmatch_pipeline.match.catalog_spec import CatalogSpec
+from xmatch_pipeline.match.catalogs.allwise import ALLWISE_SPEC, CDS_COLUMNS
 from xmatch_pipeline.match.cds_answer import DISTANCE_TOLERANCE_ARCSEC, checked_source_rows
 from xmatch_pipeline.match.cds_client import CdsClientSettings, CdsXmatchClient
 from xmatch_pipeline.match.cds_errors import (

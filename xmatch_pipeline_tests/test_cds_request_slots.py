@@ -24,7 +24,7 @@ from sqlalchemy import Engine, create_engine
 
 from xmatch_pipeline.cds_server import CdsXmatchServer
 from xmatch_pipeline.cds_server.faults import Fault
-from xmatch_pipeline.match import allwise
+from xmatch_pipeline.match.catalogs import allwise
 from xmatch_pipeline.match.cds_client import CdsClientSettings, CdsXmatchClient
 from xmatch_pipeline.match.cds_session import CdsSlotTimeoutError, SlotLimitedSession
 from xmatch_pipeline.offset_range import OffsetRange
@@ -112,7 +112,7 @@ CLIENT_PROCESS = textwrap.dedent(
     import sys
     import pandas as pd
     from sqlalchemy import create_engine
-    from xmatch_pipeline.match import allwise
+    from xmatch_pipeline.match.catalogs import allwise
     from xmatch_pipeline.match.cds_client import CdsClientSettings, CdsXmatchClient
     from xmatch_pipeline.match.cds_session import SlotLimitedSession
     from xmatch_pipeline.store.request_slots import RequestSlots

@@ -15,7 +15,7 @@ import requests
 
 from xmatch_pipeline.cds_server import FAULT_KINDS, CdsXmatchServer, Fault
 from xmatch_pipeline.cds_server.catalogs import parse_catalog_argument
-from xmatch_pipeline.match.allwise import CDS_COLUMNS
+from xmatch_pipeline.match.catalogs.allwise import CDS_COLUMNS
 from xmatch_pipeline.match.cds_response import parse_xmatch_csv, query_status_message
 from xmatch_pipeline.match.cds_upload import upload_body
 from xmatch_pipeline_tests.pipeline_fixtures import (

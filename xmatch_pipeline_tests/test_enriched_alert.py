@@ -13,10 +13,13 @@ import pandas as pd
 import pytest
 
 from xmatch_pipeline.decode import decode_alert, encode_alert
+from xmatch_pipeline.match.alert_matching import CatalogProvenance
+from xmatch_pipeline.match.provenance import EngineIdentity, MatchProvenance
 from xmatch_pipeline.publish.enriched_alert import (
     encode_enriched_alert,
     enriched_record,
     enriched_schema,
+    xmatches_field,
 )
 
 RA_FROM_THE_BRIEF = 342.16949390
@@ -52,6 +55,7 @@ def test_round_trip_keeps_the_alert_and_every_bit(ztf_alert_files: list[Path]) -
         decoded = decode_alert(output)
         record = dict(decoded.record)
         xmatches = record.pop("xmatches")
+        assert (record.pop("xmatch_provenance"), record.pop("xmatch_matches")) == (None, None)
         assert record == alert.record, path
         allwise = xmatches["allwise"]
         assert allwise["RAJ2000"] == RA_FROM_THE_BRIEF  # exact, not 342.16949463
@@ -119,3 +123,60 @@ def test_unsupported_values_are_refused(ztf_alert_files: list[Path]) -> None:
     alert = decode_alert(ztf_alert_files[0].read_bytes())
     with pytest.raises(TypeError, match=r"allwise\.blob"):
         encode_enriched_alert(alert, {"allwise": {"blob": object()}})
+
+
+GAIA_SOURCE_ID = 3_890_123_456_789_012_345  # 19 digits
+
+
+def test_provenance_and_nearest_matches_are_added_fields_the_old_schema_ignores(
+    ztf_alert_files: list[Path],
+) -> None:
+    alert = decode_alert(ztf_alert_files[0].read_bytes())
+    release = "Gaia DR3 (2022-06-13)"
+    provenance = {
+        "allwise": CatalogProvenance(
+            MatchProvenance.of("AllWISE (2013)", EngineIdentity("cds"), 1.0), from_cache=True
+        ),
+        "gaia_dr3": CatalogProvenance(
+            MatchProvenance.of(release, EngineIdentity("local", "0123abcd"), 2.0)
+        ),
+    }
+    nearest = {"Source": np.int64(GAIA_SOURCE_ID), "angDist": 0.1}
+    second = {"Source": np.int64(GAIA_SOURCE_ID + 1), "angDist": 0.7}
+    xmatches = _xmatches() | {"gaia_dr3": nearest}
+    value = encode_enriched_alert(
+        alert, xmatches, provenance=provenance, all_matches={"gaia_dr3": [nearest, second]}
+    )
+    record, schema = _read(value)
+    names = [entry["name"] for entry in schema["fields"]]
+    assert names[-3:] == ["xmatch_provenance", "xmatch_matches", "xmatches"]
+    assert all(entry["default"] is None for entry in schema["fields"][-3:])
+    assert record["xmatch_provenance"] == {
+        "allwise": {
+            "release": "AllWISE (2013)",
+            "engine": "cds",
+            "index_build": None,
+            "radius_arcsec": 1.0,
+            "from_cache": True,
+        },
+        "gaia_dr3": {
+            "release": release,
+            "engine": "local",
+            "index_build": "0123abcd",
+            "radius_arcsec": 2.0,
+            "from_cache": False,
+        },
+    }
+    assert [m["Source"] for m in record["xmatch_matches"]["gaia_dr3"]] == [
+        GAIA_SOURCE_ID,
+        GAIA_SOURCE_ID + 1,
+    ]
+    assert record["xmatches"]["gaia_dr3"]["Source"] == GAIA_SOURCE_ID
+    # A consumer holding the original's schema (input + xmatches) reads the new message.
+    original = alert.schema.as_json()
+    original["fields"] = [*original["fields"], xmatches_field()]
+    (old_view,) = [
+        cast(dict[str, Any], r) for r in fastavro.reader(io.BytesIO(value), reader_schema=original)
+    ]
+    assert "xmatch_provenance" not in old_view
+    assert old_view["xmatches"]["gaia_dr3"]["Source"] == GAIA_SOURCE_ID

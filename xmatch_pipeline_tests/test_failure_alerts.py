@@ -72,7 +72,7 @@ def environment(
     webhook: tuple[str, list[dict[str, object]]],
 ) -> dict[str, str]:
     """Settings with both failure sinks: a fresh Kafka topic and the local webhook."""
-    environment = pipeline_environment(
+    return pipeline_environment(
         kafka_bootstrap=kafka_bootstrap,
         database_url=fresh_database_url,
         input_topic=new_topic("failure-in"),
@@ -82,7 +82,6 @@ def environment(
         XMATCH_FAILURE_TOPIC=new_topic("failure-alerts"),
         XMATCH_FAILURE_WEBHOOK_URL=webhook[0],
     )
-    return environment
 
 
 def test_a_failed_run_is_sent_with_its_range_reason_and_attempt_to_kafka_and_a_webhook(

@@ -32,7 +32,7 @@ from xmatch_pipeline.microbatch import (
 )
 from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.publish.dead_letter import DEAD_LETTER_CUT_BYTES
-from xmatch_pipeline.publish.enriched_alert import xmatches_field
+from xmatch_pipeline.publish.enriched_alert import appended_fields
 from xmatch_pipeline.services import PipelineServices
 from xmatch_pipeline.settings import load_settings
 from xmatch_pipeline.store.errors import DatabaseUnavailableError
@@ -359,7 +359,10 @@ def test_each_output_schema_is_its_inputs_text_plus_xmatches_docs_included(
         decode_alert(m.value).object_id: read_container(m.value).schema_text for m in outcome.output
     }
     for record, text in zip(records, texts, strict=True):
-        assert embedded[record["objectId"]] == with_last_field(text, xmatches_field())
+        expected = text
+        for field in appended_fields():
+            expected = with_last_field(expected, field)
+        assert embedded[record["objectId"]] == expected
         assert embedded[record["objectId"]].startswith(text[: text.rindex(b"]")].rstrip())
 
 

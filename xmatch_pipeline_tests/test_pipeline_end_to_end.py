@@ -23,10 +23,14 @@ from fastavro.schema import to_parsing_canonical_form
 from xmatch_pipeline.cds_server.catalogs import ServedCatalogs
 from xmatch_pipeline.cds_server.server import CdsXmatchServer
 from xmatch_pipeline.decode.avro_codec import DecodedAlert, decode_alert
-from xmatch_pipeline.match.allwise import CDS_COLUMNS, DATABASE_COLUMNS
+from xmatch_pipeline.match.catalogs.allwise import CDS_COLUMNS, DATABASE_COLUMNS
 from xmatch_pipeline.orchestration import run_tags
 from xmatch_pipeline.orchestration.assets import CROSSMATCH_TABLES, DEAD_LETTER_TOPIC, OUTPUT_TOPIC
-from xmatch_pipeline.publish.enriched_alert import XMATCHES_FIELD, xmatches_field
+from xmatch_pipeline.publish.enriched_alert import (
+    XMATCHES_FIELD,
+    appended_fields,
+    xmatches_field,
+)
 from xmatch_pipeline_tests.pipeline_fixtures import (
     allwise_rows,
     build_allwise_catalog,
@@ -245,8 +249,10 @@ def test_real_alerts_through_sensor_and_job_exactly_once(
         output = by_candid[alert.candid]
         assert output.schema_version == alert.schema_version
         output_schema = output.schema.as_json()
-        assert output_schema["fields"][-1] == xmatches_field("double")
-        without_xmatches = output_schema | {"fields": output_schema["fields"][:-1]}
+        appended = appended_fields("double")
+        assert output_schema["fields"][-len(appended) :] == appended
+        assert appended[-1] == xmatches_field("double")
+        without_xmatches = output_schema | {"fields": output_schema["fields"][: -len(appended)]}
         assert _canonical(without_xmatches) == _canonical(alert.schema.as_json())
         assert bytes(output.payload).startswith(bytes(alert.payload)), "the alert was altered"
         xmatches = output.record[XMATCHES_FIELD]

@@ -35,7 +35,7 @@ from xmatch_pipeline.decode.lsst_schemas import (
     packaged_lsst_schemas,
 )
 from xmatch_pipeline.decode.wire_format import split_wire_message, wire_message
-from xmatch_pipeline.match.allwise import CDS_COLUMNS
+from xmatch_pipeline.match.catalogs.allwise import CDS_COLUMNS
 from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.publish.dead_letter import HEADER_ERROR_TYPE, HEADER_REASON
 from xmatch_pipeline.publish.enriched_alert import XMATCHES_FIELD

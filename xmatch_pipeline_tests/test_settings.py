@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from xmatch_pipeline.match.allwise import ALLWISE_SPEC
+from xmatch_pipeline.match.catalog_configuration import default_catalog
+from xmatch_pipeline.match.catalogs import allwise
 from xmatch_pipeline.services import PipelineServices
 from xmatch_pipeline.settings import SettingsError, load_settings, setting_names
 from xmatch_pipeline.settings_table import README, readme_with_table
@@ -182,7 +183,9 @@ def test_the_original_environment_carries_over() -> None:
     assert settings.cds.client_settings().backoff_initial_seconds == 2.0
     # As the original: CDS, ALLWISE, best match within 1″.
     assert settings.engine == "cds"
-    assert settings.catalogs == (ALLWISE_SPEC,)
+    assert settings.catalogs == (default_catalog(allwise.CATALOG),)
+    spec = settings.catalogs[0].spec
+    assert (spec.columns, spec.radius_arcsec, spec.selection) == (allwise.CDS_COLUMNS, 1.0, "best")
     assert settings.output_precision == "double"
     assert settings.consumer_credentials is not None
     assert settings.consumer_credentials.username == "alerce"
@@ -217,8 +220,8 @@ def test_local_engine_settings(tmp_path: Path) -> None:
     assert "allwise=" in _problems(
         MINIMAL | {"XMATCH_ENGINE": "local", "XMATCH_LOCAL_CATALOGS": f"allwise={tmp_path}"}
     )
-    from xmatch_pipeline.match.allwise import CDS_COLUMNS
     from xmatch_pipeline.match.catalog_build import build_catalog_index
+    from xmatch_pipeline.match.catalogs.allwise import CDS_COLUMNS
 
     source = tmp_path / "allwise.csv"
     source.write_text(",".join(CDS_COLUMNS) + "\nJ1,10.0,0.0" + ",1.0" * 14 + "\n")

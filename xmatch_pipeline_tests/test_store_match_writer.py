@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, event, text
 
+from xmatch_pipeline.match.catalogs import allwise, gaia_dr3
 from xmatch_pipeline.store.match_cache import StoredMatchCache
 from xmatch_pipeline.store.match_writer import (
     MatchBatchRows,
@@ -58,8 +59,21 @@ SOURCE_B: dict[str, object] = {
 }
 
 
-def _xmatch(oid: str, source: dict[str, object], dist: float) -> dict[str, object]:
-    return {"oid": oid, "catid": "allwise", "oid_catalog": source["oid_catalog"], "dist": dist}
+ALLWISE_RELEASE = allwise.CATALOG.release
+
+
+def _xmatch(
+    oid: str, source: dict[str, object], dist: float, release: str | None = ALLWISE_RELEASE
+) -> dict[str, object]:
+    return {
+        "oid": oid,
+        "catid": "allwise",
+        "oid_catalog": source["oid_catalog"],
+        "dist": dist,
+        "release": release,
+        "engine": "cds",
+        "radius_arcsec": 1.0,
+    }
 
 
 def _batch(
@@ -69,7 +83,7 @@ def _batch(
 ) -> MatchBatchRows:
     return MatchBatchRows(
         object_ids=object_ids,
-        allwise_rows=[SOURCE_A, SOURCE_B] if allwise_rows is None else allwise_rows,
+        catalog_rows={"allwise": [SOURCE_A, SOURCE_B] if allwise_rows is None else allwise_rows},
         xmatch_rows=xmatch_rows,
         step=STEP,
     )
@@ -110,11 +124,13 @@ def test_writing_the_same_batch_twice_changes_nothing(engine: Engine):
         second = write_match_batch(connection, batch)
 
     assert first.objects == TableWriteCount(inserted=3)
-    assert first.allwise == TableWriteCount(inserted=2)
+    assert first.catalogs["allwise"] == TableWriteCount(inserted=2)
     assert first.xmatch == TableWriteCount(inserted=2)
     assert first.step == TableWriteCount(inserted=1)
     nothing = TableWriteCount()
-    assert (second.objects, second.allwise, second.xmatch, second.step) == (nothing,) * 4
+    assert (second.objects, second.catalogs["allwise"], second.xmatch, second.step) == (
+        nothing,
+    ) * 4
     assert _contents(engine) == contents
     assert [row[0] for row in contents["object"]] == [
         "ZTF18abcdefg",
@@ -158,7 +174,7 @@ def test_two_alerts_of_one_object_keep_the_last_match_by_offset(engine: Engine):
     with engine.begin() as connection:
         counts = write_match_batch(connection, batch)
     assert counts.xmatch == TableWriteCount(inserted=1)
-    assert counts.allwise == TableWriteCount(inserted=2)
+    assert counts.catalogs["allwise"] == TableWriteCount(inserted=2)
     assert _contents(engine)["xmatch"] == [
         ("ZTF20aaelulu", "allwise", SOURCE_B["oid_catalog"], 0.7)
     ]
@@ -206,9 +222,9 @@ def test_step_date_is_kept_when_the_step_is_unchanged(engine: Engine):
     restarted = StepRecord(STEP.step_id, STEP.name, STEP.version, datetime.now(UTC), STEP.comments)
     upgraded = StepRecord(STEP.step_id, STEP.name, "1.1", datetime.now(UTC), STEP.comments)
     with engine.begin() as connection:
-        unchanged = write_match_batch(connection, MatchBatchRows([], [], [], restarted))
+        unchanged = write_match_batch(connection, MatchBatchRows([], {}, [], restarted))
         assert unchanged.step == TableWriteCount()
-        changed = write_match_batch(connection, MatchBatchRows([], [], [], upgraded))
+        changed = write_match_batch(connection, MatchBatchRows([], {}, [], upgraded))
         assert changed.step == TableWriteCount(updated=1)
     assert _contents(engine)["step"] == [
         (STEP.step_id, STEP.name, "1.1", STEP.comments, upgraded.date)
@@ -257,18 +273,18 @@ def test_match_cache_returns_what_was_written(engine: Engine):
         write_match_batch(connection, batch)
 
     known = StoredMatchCache(engine).known_matches(
-        ["ZTF20aaelulu", "ZTF19nomatch", "ZTF17unknown", "ZTF18abcdefg"]
+        ["ZTF20aaelulu", "ZTF19nomatch", "ZTF17unknown", "ZTF18abcdefg"], allwise.CATALOG
     )
 
     assert set(known) == {"ZTF20aaelulu", "ZTF18abcdefg"}
     match = known["ZTF20aaelulu"]
     assert match.dist == 0.046584
-    assert match.allwise["oid_catalog"] == SOURCE_B["oid_catalog"]
-    assert match.allwise["ra"] == 342.16949390
-    assert match.allwise["w4mpro"] is None
-    assert match.allwise["j_m_2mass"] is None
-    assert known["ZTF18abcdefg"].allwise == SOURCE_A
-    assert StoredMatchCache(engine).known_matches([]) == {}
+    assert match.source["oid_catalog"] == SOURCE_B["oid_catalog"]
+    assert match.source["ra"] == 342.16949390
+    assert match.source["w4mpro"] is None
+    assert match.source["j_m_2mass"] is None
+    assert known["ZTF18abcdefg"].source == SOURCE_A
+    assert StoredMatchCache(engine).known_matches([], allwise.CATALOG) == {}
 
 
 def test_large_batch_is_written_in_bulk_statements(engine: Engine):
@@ -289,7 +305,12 @@ def test_large_batch_is_written_in_bulk_statements(engine: Engine):
     finally:
         event.remove(engine, "before_cursor_execute", count_statement)
 
-    assert counts.objects.inserted == counts.allwise.inserted == counts.xmatch.inserted == count
+    assert (
+        counts.objects.inserted
+        == counts.catalogs["allwise"].inserted
+        == counts.xmatch.inserted
+        == count
+    )
     inserts = [statement for statement in statements if statement.lstrip().startswith("INSERT")]
     assert len(inserts) < 50, f"{len(inserts)} INSERT statements for {count} rows per table"
 
@@ -316,3 +337,82 @@ def test_a_ztf_object_and_an_lsst_object_of_the_same_id_never_collide(engine: En
         ("lsst", oid, SOURCE_B["oid_catalog"], 0.7),
         ("ztf", oid, SOURCE_A["oid_catalog"], 0.2),
     ]
+
+
+NEW_RELEASE = "AllWISE (reprocessed)"
+
+
+def _stored_xmatch(engine: Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as connection:
+        return [
+            tuple(row)
+            for row in connection.execute(
+                text("SELECT oid, oid_catalog, dist, release FROM xmatch ORDER BY oid")
+            )
+        ]
+
+
+def test_nearest_wins_within_a_release_and_a_new_release_rewrites(engine: Engine):
+    oid = "ZTF20aaelulu"
+    with engine.begin() as connection:
+        write_match_batch(connection, _batch([oid], [_xmatch(oid, SOURCE_A, 0.2)]), keep="nearest")
+    # The same release, farther: the nearest stays.
+    with engine.begin() as connection:
+        write_match_batch(connection, _batch([oid], [_xmatch(oid, SOURCE_B, 0.6)]), keep="nearest")
+    assert _stored_xmatch(engine) == [(oid, SOURCE_A["oid_catalog"], 0.2, ALLWISE_RELEASE)]
+    # A backfill under a new release rewrites the row, even with a farther match ...
+    new = _xmatch(oid, SOURCE_B, 0.6, NEW_RELEASE)
+    with engine.begin() as connection:
+        counts = write_match_batch(connection, _batch([oid], [new]), keep="nearest")
+    assert counts.xmatch == TableWriteCount(updated=1)
+    assert _stored_xmatch(engine) == [(oid, SOURCE_B["oid_catalog"], 0.6, NEW_RELEASE)]
+    # ... and the cache serves only the configured release.
+    cache = StoredMatchCache(engine)
+    assert cache.known_matches([oid], allwise.CATALOG) == {}
+    renewed = replace(allwise.CATALOG, release=NEW_RELEASE)
+    assert cache.known_matches([oid], renewed)[oid].provenance.release == NEW_RELEASE
+
+
+def test_gaia_rows_keep_their_19_digit_ids_exact(engine: Engine):
+    source_id = 6_917_528_997_577_384_320  # near the top of Gaia's range, above 2**53
+    row: dict[str, object] = {
+        "source_id": np.int64(source_id),
+        "ra": 342.16949390,
+        "dec": 31.2336389,
+        "parallax": None,
+        "parallax_error": None,
+        "pmra": 1.5,
+        "pmdec": -2.5,
+        "phot_g_mean_mag": 17.25,
+        "phot_bp_mean_mag": None,
+        "phot_rp_mean_mag": None,
+        "ruwe": 1.01,
+    }
+    link = {
+        "oid": "ZTF20gaia",
+        "catid": "gaia_dr3",
+        "oid_catalog": str(source_id),
+        "dist": 0.1,
+        "release": gaia_dr3.CATALOG.release,
+        "engine": "local",
+        "index_build": "abc",
+        "radius_arcsec": 1.0,
+    }
+    # An ALLWISE link (a text id) beside it: the Gaia lookup must not try it as a number.
+    allwise_link = _xmatch("ZTF20gaia", SOURCE_A, 0.3)
+    batch = MatchBatchRows(
+        ["ZTF20gaia"], {"gaia_dr3": [row], "allwise": [SOURCE_A]}, [link, allwise_link], STEP
+    )
+    with engine.begin() as connection:
+        connection.execute(text("TRUNCATE gaia_dr3"))
+        write_match_batch(connection, batch)
+    with engine.connect() as connection:
+        stored = connection.execute(text("SELECT source_id FROM gaia_dr3")).scalar_one()
+    assert stored == source_id
+    known = StoredMatchCache(engine).known_matches(["ZTF20gaia"], gaia_dr3.CATALOG)
+    assert known["ZTF20gaia"].source["source_id"] == source_id
+    assert known["ZTF20gaia"].provenance.index_build == "abc"
+    with pytest.raises(ValueError, match="source_id must be an integer"), engine.begin() as c:
+        write_match_batch(
+            c, replace(batch, catalog_rows={"gaia_dr3": [row | {"source_id": 6.9e18}]})
+        )

@@ -197,7 +197,7 @@ def test_success_commits_with_the_batch_and_a_superseded_run_cannot_commit(
     offset_range = OffsetRange(topic, 0, 0, 10)
     batch = MatchBatchRows(
         object_ids=["ZTF20fenced"],
-        allwise_rows=[],
+        catalog_rows={},
         xmatch_rows=[],
         step=StepRecord("xmatch-1.0", "xmatch", "1.0", datetime.now(UTC)),
     )

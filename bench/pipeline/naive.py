@@ -18,7 +18,7 @@ import pandas as pd
 import psycopg2  # type: ignore[import-untyped]
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from xmatch_pipeline.match import allwise
+from xmatch_pipeline.match.catalogs import allwise
 from xmatch_pipeline.match.local_index import LocalCrossmatchEngine
 from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.publish.enriched_alert import xmatches_field
@@ -80,7 +80,7 @@ def run_naive(
     connection.autocommit = True
     cursor = connection.cursor()
     engine = LocalCrossmatchEngine(settings.local_catalog_directories)
-    catalog = settings.catalogs[0]
+    catalog = settings.catalogs[0].spec
     totals = {"messages": 0.0, "bytes_in": 0.0, "bytes_out": 0.0, "matched": 0.0}
     next_offset = offset_range.start
     try:

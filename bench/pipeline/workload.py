@@ -23,7 +23,7 @@ from bench.crossmatch_engines import (
     _moved,
     _uniform_in_field,
 )
-from xmatch_pipeline.match.allwise import CDS_COLUMNS
+from xmatch_pipeline.match.catalogs.allwise import CDS_COLUMNS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = PROJECT_ROOT / ".devstack" / "bench-cache" / "pipeline"

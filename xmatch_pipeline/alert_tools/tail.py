@@ -11,12 +11,13 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from xmatch_pipeline.decode import decode_alert
+from xmatch_pipeline.publish.enriched_alert import APPENDED_FIELDS
 
 
 def tail_summaries(
     bootstrap: str, topic: str, limit: int, timeout_seconds: float = 10.0
 ) -> Iterator[dict[str, Any]]:
-    """The first ``limit`` committed messages of ``topic``: objectId, candid, xmatches."""
+    """The first ``limit`` committed messages of ``topic``: ids and the crossmatch fields."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -56,7 +57,7 @@ def _summary(value: bytes) -> dict[str, Any]:
         return {
             "objectId": alert.object_id,
             "candid": alert.candid,
-            "xmatches": alert.record.get("xmatches"),
+            **{name: alert.record.get(name) for name in APPENDED_FIELDS},
         }
     import io
 
@@ -77,7 +78,7 @@ def _summary(value: bytes) -> dict[str, Any]:
         "schemaId": output_id,
         "diaObjectId": source.get("diaObjectId") or dia_object.get("diaObjectId"),
         "diaSourceId": source["diaSourceId"],
-        "xmatches": record.get("xmatches"),
+        **{name: record.get(name) for name in APPENDED_FIELDS},
     }
 
 

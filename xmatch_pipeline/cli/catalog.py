@@ -1,4 +1,4 @@
-"""``xmatch-pipeline catalog …``: build HATS catalogs for the local engine."""
+"""``xmatch-pipeline catalog …``: the registered catalogs; HATS catalogs for the local engine."""
 
 from __future__ import annotations
 
@@ -7,12 +7,38 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Build HATS catalogs for the local engine.", no_args_is_help=True)
+app = typer.Typer(
+    help="Registered catalogs; HATS catalogs for the local engine.", no_args_is_help=True
+)
 
 
 @app.callback()
 def catalog_group() -> None:
-    """HATS catalogs (HEALPix-partitioned Parquet) for the local engine and cds-server."""
+    """Registered catalogs, and HATS catalogs for the local engine and cds-server."""
+
+
+@app.command("list")
+def list_command() -> None:
+    """The registered catalogs: name, release, VizieR table, default radius, storage."""
+    from xmatch_pipeline.match.catalogs import registered_catalogs
+
+    rows = [("name", "release", "vizier table", "radius", "storage", "aliases")]
+    rows += [
+        (
+            definition.name,
+            definition.release,
+            definition.vizier_table,
+            f"{definition.default_radius_arcsec:g}\u2033",
+            definition.storage,
+            ", ".join(definition.aliases),
+        )
+        for definition in registered_catalogs()
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        typer.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
 
 
 @app.command("build")

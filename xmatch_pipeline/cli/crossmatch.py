@@ -58,8 +58,8 @@ def crossmatch_command(
         str | None,
         typer.Option(
             "--columns",
-            help="Catalog columns to keep, comma-separated (default: ALLWISE's contract "
-            "columns for allwise, else every column).",
+            help="Catalog columns to keep, comma-separated (default: a registered "
+            "catalog's columns, see `catalog list`; else every column).",
         ),
     ] = None,
     cds_url: Annotated[
@@ -139,12 +139,15 @@ def _coordinates(table: pd.DataFrame, column: str, path: Path) -> pd.Series:
 
 
 def _column_list(columns: str | None, catalog: str) -> tuple[str, ...]:
-    from xmatch_pipeline.match.allwise import CDS_COLUMNS
-    from xmatch_pipeline.match.catalog_aliases import vizier_table
+    """The columns asked, else a registered catalog's default ones, else every column."""
+    from xmatch_pipeline.match.catalogs import find_catalog
 
     if columns is not None:
         return tuple(column.strip() for column in columns.split(",") if column.strip())
-    return CDS_COLUMNS if vizier_table(catalog) == vizier_table("allwise") else ()
+    registered = find_catalog(catalog)
+    if registered is None:
+        return ()
+    return registered.default_columns or registered.column_names
 
 
 def _selection(selection: SelectionName) -> Selection:

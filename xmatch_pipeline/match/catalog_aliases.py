@@ -1,17 +1,15 @@
 """Short catalog names and the VizieR tables they stand for.
 
-Users and the seed's settings say ``allwise``; CDS wants ``vizier:II/328/allwise``. Any name
-that is not an alias is taken as a VizieR table as it is, so every VizieR catalog works.
+Users and the seed's settings say ``allwise``; CDS wants ``vizier:II/328/allwise``. The
+aliases are the registered catalogs' names and aliases (``match/catalogs/``). Any name that
+is not an alias is taken as a VizieR table as it is, so every VizieR catalog works.
 """
 
 from __future__ import annotations
 
-VIZIER_PREFIX = "vizier:"
+from xmatch_pipeline.match.catalogs import find_catalog
 
-#: Alias (lower case) → VizieR table.
-VIZIER_ALIASES: dict[str, str] = {
-    "allwise": "II/328/allwise",
-}
+VIZIER_PREFIX = "vizier:"
 
 
 def vizier_table(name: str) -> str:
@@ -21,7 +19,8 @@ def vizier_table(name: str) -> str:
         bare = bare[len(VIZIER_PREFIX) :]
     if not bare:
         raise ValueError(f"catalog name {name!r} names no VizieR table")
-    return VIZIER_ALIASES.get(bare.lower(), bare)
+    registered = find_catalog(bare)
+    return registered.vizier_table if registered is not None else bare
 
 
 def cds_catalog_parameter(name: str) -> str:
@@ -31,7 +30,8 @@ def cds_catalog_parameter(name: str) -> str:
 
 def catalog_names_for(table_or_alias: str) -> set[str]:
     """Every spelling (lower case) that refers to the same catalog: alias and table."""
-    table = vizier_table(table_or_alias)
-    names = {table.lower(), table_or_alias.strip().lower()}
-    names.update(alias for alias, aliased in VIZIER_ALIASES.items() if aliased == table)
+    registered = find_catalog(table_or_alias)
+    names = {vizier_table(table_or_alias).lower(), table_or_alias.strip().lower()}
+    if registered is not None:
+        names |= registered.names
     return names

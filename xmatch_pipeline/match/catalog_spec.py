@@ -17,7 +17,8 @@ class CatalogSpec:
     """A catalog to crossmatch with.
 
     ``name`` is a short alias (``allwise``) or a VizieR table (``II/328/allwise``) for the CDS
-    engine, or the name of a local index. ``columns`` are the catalog's columns to return,
+    engine, or the name of a local index (``vizier_table``, when set, is what CDS is asked
+    for). ``columns`` are the catalog's columns to return,
     named as CDS names them.
     """
 
@@ -25,6 +26,8 @@ class CatalogSpec:
     columns: tuple[str, ...]
     radius_arcsec: float = 1.0
     selection: Selection = "best"
+    #: The VizieR table CDS is asked for; None: ``name`` is resolved as an alias or a table.
+    vizier_table: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name:

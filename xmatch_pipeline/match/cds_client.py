@@ -66,6 +66,7 @@ from xmatch_pipeline.match.cds_upload import (
     upload_chunks,
     validate_positions,
 )
+from xmatch_pipeline.match.provenance import EngineIdentity
 
 DEFAULT_CDS_XMATCH_URL = "https://cdsxmatch.cds.unistra.fr/xmatch/api/v1/sync"
 #: More parallel jobs than this risk a ban; CDS publishes no limit and asks for one or two.
@@ -164,6 +165,10 @@ class CdsXmatchClient:
         self._clock = clock
         self._jitter = jitter or random.Random()
         self._idle_sessions: queue.SimpleQueue[requests.Session] = queue.SimpleQueue()
+
+    def identity(self, catalog: CatalogSpec) -> EngineIdentity:
+        """CDS has no build id: the catalog's release says which data answered."""
+        return EngineIdentity("cds")
 
     def crossmatch(self, positions: pd.DataFrame, catalog: CatalogSpec) -> pd.DataFrame:
         """Matches of ``positions`` in ``catalog``, shaped as ``match.engine`` documents."""
@@ -360,7 +365,7 @@ def request_fields(catalog: CatalogSpec) -> dict[str, str]:
     """The form fields of a CDS XMatch request for ``catalog`` (the upload goes as ``cat1``)."""
     fields = {
         "request": "xmatch",
-        "cat2": cds_catalog_parameter(catalog.name),
+        "cat2": cds_catalog_parameter(catalog.vizier_table or catalog.name),
         "colRA1": UPLOAD_RA_COLUMN,
         "colDec1": UPLOAD_DEC_COLUMN,
         "distMaxArcsec": repr(float(catalog.radius_arcsec)),

@@ -14,6 +14,7 @@ from typing import Protocol
 import pandas as pd
 
 from xmatch_pipeline.match.catalog_spec import CatalogSpec
+from xmatch_pipeline.match.provenance import EngineIdentity
 
 POSITION_COLUMNS = ("id", "ra", "dec")
 
@@ -27,4 +28,8 @@ class CrossmatchEngine(Protocol):
 
     def crossmatch(self, positions: pd.DataFrame, catalog: CatalogSpec) -> pd.DataFrame:
         """Return the matches of ``positions`` in ``catalog`` (see the module docstring)."""
+        ...
+
+    def identity(self, catalog: CatalogSpec) -> EngineIdentity:
+        """Which engine answers for ``catalog`` (and which index build), for provenance."""
         ...

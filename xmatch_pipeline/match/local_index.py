@@ -12,6 +12,7 @@ depends on file or thread order.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from xmatch_pipeline.match.partition_cache import (
     LoadedPartition,
     PartitionCache,
 )
+from xmatch_pipeline.match.provenance import EngineIdentity
 from xmatch_pipeline.match.sky_geometry import (
     FloatArray,
     chord_length,
@@ -60,9 +62,12 @@ _CHORD_MARGIN = 1e-9
 class LocalCatalogIndex:
     """One HATS catalog on disk, with a cache of loaded partitions."""
 
-    def __init__(self, catalog: HatsCatalog, cache: PartitionCache) -> None:
+    def __init__(
+        self, catalog: HatsCatalog, cache: PartitionCache, build_id: str | None = None
+    ) -> None:
         self.catalog = catalog
         self._cache = cache
+        self.build_id = build_id or index_build_id(catalog.directory)
 
     @classmethod
     def open(cls, directory: Path, *, cache_bytes: int = DEFAULT_CACHE_BYTES) -> LocalCatalogIndex:
@@ -198,6 +203,24 @@ def _unique_pixel(order: int, pixel: int) -> int:
     return 4 * (1 << (2 * order)) + pixel
 
 
+#: The HATS files that describe a catalog's content: its properties (row count, columns,
+#: release) and its partitions.
+BUILD_ID_FILES = ("properties", "partition_info.csv")
+
+
+def index_build_id(directory: Path) -> str:
+    """The build id of a HATS catalog: a digest of its properties and partition info, so a
+    rebuilt catalog with other rows or partitions gets another id."""
+    digest = hashlib.sha256()
+    for name in BUILD_ID_FILES:
+        path = Path(directory) / name
+        try:
+            digest.update(path.read_bytes() if path.is_file() else b"")
+        except OSError as error:
+            raise CrossmatchError(f"cannot read {path} of catalog {directory}: {error}") from error
+    return digest.hexdigest()[:16]
+
+
 def _matches_frame(
     positions: pd.DataFrame,
     position_rows: np.ndarray,
@@ -297,3 +320,6 @@ class LocalCrossmatchEngine:
 
     def crossmatch(self, positions: pd.DataFrame, catalog: CatalogSpec) -> pd.DataFrame:
         return self.index(catalog.name).crossmatch(positions, catalog)
+
+    def identity(self, catalog: CatalogSpec) -> EngineIdentity:
+        return EngineIdentity("local", self.index(catalog.name).build_id)

@@ -39,13 +39,14 @@ ASSET_SPECS = [
     _spec(
         CROSSMATCH_TABLES,
         "postgres",
-        "PostgreSQL tables object, allwise, xmatch and step (ALeRCE db-plugins).",
+        "PostgreSQL tables object, allwise, xmatch and step (ALeRCE db-plugins), and each "
+        "stored catalog's own table (gaia_dr3).",
         upstream=INPUT_TOPICS,
     ),
     _spec(
         OUTPUT_TOPIC,
         "kafka",
-        "Enriched alerts: the input alert plus xmatches, key objectId.",
+        "Enriched alerts: the input alert plus xmatches (and their provenance), key objectId.",
         upstream=CROSSMATCH_TABLES,
     ),
     _spec(

@@ -64,7 +64,7 @@ def run_materializations(
     if counts is not None:
         for table, count in (
             ("object", counts.objects),
-            ("allwise", counts.allwise),
+            *sorted(counts.catalogs.items()),
             ("xmatch", counts.xmatch),
         ):
             table_metadata[f"{table}_inserted"] = MetadataValue.int(count.inserted)

@@ -20,13 +20,14 @@ Each input id's output id is found once per process and kept.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from xmatch_pipeline.decode.alert_schema import AlertSchema
 from xmatch_pipeline.decode.lsst_alert import LsstAlert
 from xmatch_pipeline.decode.lsst_schemas import LsstSchemaSource, RegistryLsstSchemas
 from xmatch_pipeline.decode.wire_format import wire_message
+from xmatch_pipeline.match.alert_matching import CatalogProvenance
 from xmatch_pipeline.publish.enriched_alert import Precision, enriched_record_bytes, enriched_schema
 
 OUTPUT_ID_BASE: Final[Mapping[Precision, int]] = {"double": 1_000_000, "float32": 2_000_000}
@@ -82,7 +83,9 @@ def encode_enriched_lsst_alert(
     output_ids: LsstOutputSchemaIds,
     *,
     precision: Precision = "double",
+    provenance: Mapping[str, CatalogProvenance] | None = None,
+    all_matches: Mapping[str, Sequence[Mapping[str, object]]] | None = None,
 ) -> bytes:
     """The output message value of an LSST alert: wire framing, the output schema's id."""
-    schema, record = enriched_record_bytes(alert, xmatches, precision)
+    schema, record = enriched_record_bytes(alert, xmatches, precision, provenance, all_matches)
     return wire_message(output_ids.output_id(alert, schema, precision), record)

@@ -10,7 +10,9 @@ With ``keep="latest"`` (the default) the last row in input order wins, and input
 offset order, so the last alert by offset wins; a later batch overwrites an earlier one.
 With ``keep="nearest"`` the smallest ``dist`` wins (ties: smallest ``oid_catalog``), in
 the batch and against the stored row, which makes the result independent of the order
-in which batches (or backfills of old ranges) are written.
+in which batches (or backfills of old ranges) are written. Nearest wins within one
+catalog release only: a row of another release (or of none, written before provenance)
+is replaced by the batch's, so a backfill after a release change rewrites the rows.
 
 Rows are written sorted by key so that concurrent batches lock rows in the same order
 and cannot deadlock on each other.
@@ -27,14 +29,25 @@ from typing import Any, Final, Literal
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Boolean, ColumnElement, Connection, Table, and_, literal_column, or_, tuple_
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ColumnElement,
+    Connection,
+    Double,
+    Table,
+    and_,
+    literal_column,
+    or_,
+    tuple_,
+)
 from sqlalchemy.dialects.postgresql import Insert, insert
 
+from xmatch_pipeline.store.catalog_tables import stored_catalog_tables
 from xmatch_pipeline.store.tables import (
-    ALLWISE_VALUE_COLUMNS,
     SURVEY_COLUMN,
+    XMATCH_PROVENANCE_COLUMNS,
     ZTF_SURVEY_ID,
-    allwise_table,
     object_table,
     step_table,
     xmatch_table,
@@ -42,7 +55,6 @@ from xmatch_pipeline.store.tables import (
 
 XmatchKeep = Literal["latest", "nearest"]
 XMATCH_COLUMNS: Final = ("oid", "catid", "oid_catalog", "dist")
-ALLWISE_COLUMNS: Final = ("oid_catalog", *ALLWISE_VALUE_COLUMNS)
 STEP_IDENTITY: Final = ("name", "version", "comments")
 
 
@@ -61,15 +73,17 @@ class StepRecord:
 class MatchBatchRows:
     """One micro-batch's rows, already in database column names, in offset order.
 
-    ``allwise_rows`` use the ``allwise`` table's names (mapped from CDS names by
-    ``xmatch_pipeline.match.allwise``); ``xmatch_rows`` hold ``oid, catid, oid_catalog,
-    dist`` (arcsec). Objects named only in ``xmatch_rows`` are created too. Every object
-    and xmatch row of the batch is of ``survey`` (the ``sid`` column): a run reads one
-    topic, so one survey; ``allwise`` rows belong to the catalog, not to a survey.
+    ``catalog_rows`` maps a stored catalog's table (``allwise``, ``gaia_dr3``) to its rows,
+    in the table's names (mapped from CDS names by ``match.catalog_rows``); ``xmatch_rows``
+    hold ``oid, catid, oid_catalog, dist`` (arcsec) and the provenance columns (``release,
+    engine, index_build, radius_arcsec``; absent ones are NULL). Objects named only in
+    ``xmatch_rows`` are created too. Every object and xmatch row of the batch is of
+    ``survey`` (the ``sid`` column): a run reads one topic, so one survey; catalog rows
+    belong to the catalog, not to a survey.
     """
 
     object_ids: Sequence[str]
-    allwise_rows: Sequence[Mapping[str, object]]
+    catalog_rows: Mapping[str, Sequence[Mapping[str, object]]]
     xmatch_rows: Sequence[Mapping[str, object]]
     step: StepRecord
     survey: str = ZTF_SURVEY_ID
@@ -90,7 +104,8 @@ class TableWriteCount:
 @dataclass(frozen=True)
 class MatchBatchWriteCounts:
     objects: TableWriteCount
-    allwise: TableWriteCount
+    #: Per stored catalog table.
+    catalogs: Mapping[str, TableWriteCount]
     xmatch: TableWriteCount
     step: TableWriteCount
 
@@ -98,7 +113,7 @@ class MatchBatchWriteCounts:
 def write_match_batch(
     connection: Connection, rows: MatchBatchRows, *, keep: XmatchKeep = "latest"
 ) -> MatchBatchWriteCounts:
-    """Upsert objects, allwise rows, xmatch rows and the step row in the open transaction."""
+    """Upsert objects, catalog rows, xmatch rows and the step row in the open transaction."""
     if not connection.in_transaction():
         raise ValueError(
             "write_match_batch needs an open transaction (use engine.begin() or "
@@ -113,10 +128,20 @@ def write_match_batch(
     object_ids = sorted(
         {_text(oid, "object id") for oid in rows.object_ids} | {row["oid"] for row in xmatch_rows}
     )
-    allwise_rows = _reduce_allwise_rows(rows.allwise_rows)
+    tables = {table.name: table for table in stored_catalog_tables()}
+    unknown = sorted(set(rows.catalog_rows) - set(tables))
+    if unknown:
+        raise ValueError(f"no stored catalog has table(s) {unknown}; known: {sorted(tables)}")
+    catalog_rows = {
+        name: _reduce_catalog_rows(tables[name], rows.catalog_rows[name])
+        for name in sorted(rows.catalog_rows)
+    }
     return MatchBatchWriteCounts(
         objects=_insert_objects(connection, object_ids, survey),
-        allwise=_upsert_allwise(connection, allwise_rows),
+        catalogs={
+            name: _upsert_catalog(connection, tables[name], table_rows)
+            for name, table_rows in catalog_rows.items()
+        },
         xmatch=_upsert_xmatch(connection, xmatch_rows, keep),
         step=_upsert_step(connection, rows.step),
     )
@@ -136,18 +161,27 @@ def _insert_objects(connection: Connection, object_ids: list[str], survey: str) 
     return TableWriteCount(inserted=len(inserted))
 
 
-def _upsert_allwise(connection: Connection, allwise_rows: list[dict[str, Any]]) -> TableWriteCount:
-    statement = insert(allwise_table)
+def _upsert_catalog(
+    connection: Connection, table: Table, catalog_rows: list[dict[str, Any]]
+) -> TableWriteCount:
+    statement = insert(table)
+    key = _key_column(table)
+    values = [column.name for column in table.c if column.name != key]
     return _upsert(
         connection,
-        allwise_table,
+        table,
         statement.on_conflict_do_update(
-            index_elements=["oid_catalog"],
-            set_={name: statement.excluded[name] for name in ALLWISE_VALUE_COLUMNS},
-            where=_differs(allwise_table, statement, ALLWISE_VALUE_COLUMNS),
+            index_elements=[key],
+            set_={name: statement.excluded[name] for name in values},
+            where=_differs(table, statement, values),
         ),
-        allwise_rows,
+        catalog_rows,
     )
+
+
+def _key_column(table: Table) -> str:
+    (key,) = table.primary_key.columns.keys()
+    return key
 
 
 def _upsert_xmatch(
@@ -155,8 +189,10 @@ def _upsert_xmatch(
 ) -> TableWriteCount:
     statement = insert(xmatch_table)
     excluded = statement.excluded
+    replaced = ("oid_catalog", "dist", *XMATCH_PROVENANCE_COLUMNS)
     if keep == "nearest":
         replace_when = or_(
+            excluded.release.is_distinct_from(xmatch_table.c.release),
             excluded.dist < xmatch_table.c.dist,
             and_(
                 excluded.dist == xmatch_table.c.dist,
@@ -164,13 +200,13 @@ def _upsert_xmatch(
             ),
         )
     else:
-        replace_when = _differs(xmatch_table, statement, ("oid_catalog", "dist"))
+        replace_when = _differs(xmatch_table, statement, replaced)
     return _upsert(
         connection,
         xmatch_table,
         statement.on_conflict_do_update(
             index_elements=["oid", SURVEY_COLUMN, "catid"],
-            set_={"oid_catalog": excluded.oid_catalog, "dist": excluded.dist},
+            set_={name: excluded[name] for name in replaced},
             where=replace_when,
         ),
         xmatch_rows,
@@ -235,23 +271,47 @@ def _reduce_xmatch_rows(
     return [chosen[key] for key in sorted(chosen)]
 
 
-def _reduce_allwise_rows(rows: Sequence[Mapping[str, object]]) -> list[dict[str, Any]]:
-    """One row per catalog source (the catalog is static, so duplicates are equal anyway)."""
-    chosen: dict[str, dict[str, Any]] = {}
+def _reduce_catalog_rows(
+    table: Table, rows: Sequence[Mapping[str, object]]
+) -> list[dict[str, Any]]:
+    """One row per catalog source (the catalog is static, so duplicates are equal anyway);
+    every value checked against its column's type."""
+    names = [column.name for column in table.c]
+    key = _key_column(table)
+    chosen: dict[object, dict[str, Any]] = {}
     for position, raw in enumerate(rows):
-        unknown = set(raw) - set(ALLWISE_COLUMNS)
+        where = f"{table.name} row {position}"
+        unknown = set(raw) - set(names)
         if unknown:
             raise ValueError(
-                f"allwise row {position}: unknown column(s) {sorted(unknown)}; rows must use "
-                f"the allwise table's names {list(ALLWISE_COLUMNS)} "
-                "(map CDS names with xmatch_pipeline.match.allwise first)"
+                f"{where}: unknown column(s) {sorted(unknown)}; rows must use the {table.name} "
+                f"table's names {names} (map CDS names with match.catalog_rows first)"
             )
-        key = _text(raw.get("oid_catalog"), f"allwise row {position} oid_catalog")
-        row: dict[str, Any] = {"oid_catalog": key}
-        for name in ALLWISE_VALUE_COLUMNS:
-            row[name] = _double_or_null(raw.get(name), f"allwise row {position} {name}")
-        chosen[key] = row
-    return [chosen[key] for key in sorted(chosen)]
+        row = {name: _typed(table, name, raw.get(name), f"{where} {name}") for name in names}
+        if row[key] is None:
+            raise ValueError(f"{where} {key} must be a source id, got null")
+        chosen[row[key]] = row
+    return [chosen[key] for key in sorted(chosen)]  # type: ignore[type-var]
+
+
+def _typed(table: Table, name: str, value: object, what: str) -> object:
+    column_type = table.c[name].type
+    if isinstance(column_type, Double):
+        return _double_or_null(value, what)
+    if isinstance(column_type, BigInteger):
+        return _integer_or_null(value, what)
+    if value is None or value is pd.NA:
+        return None
+    return _text(value, what)
+
+
+def _integer_or_null(value: object, what: str) -> int | None:
+    """64-bit ids stay exact: a float is refused (it may already have lost digits)."""
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{what} must be an integer or None, got {value!r}")
+    return int(value)
 
 
 def _xmatch_row(raw: Mapping[str, object], position: int) -> dict[str, Any]:
@@ -261,11 +321,18 @@ def _xmatch_row(raw: Mapping[str, object], position: int) -> dict[str, Any]:
     dist = _double_or_null(raw["dist"], f"xmatch row {position} dist")
     if dist is None:
         raise ValueError(f"xmatch row {position}: dist must be a distance in arcsec, got null")
+    radius = _double_or_null(raw.get("radius_arcsec"), f"xmatch row {position} radius_arcsec")
+    provenance = {
+        name: (None if raw.get(name) is None else _text(raw[name], f"xmatch row {position} {name}"))
+        for name in ("release", "engine", "index_build")
+    }
     return {
         "oid": _text(raw["oid"], f"xmatch row {position} oid"),
         "catid": _text(raw["catid"], f"xmatch row {position} catid"),
         "oid_catalog": _text(raw["oid_catalog"], f"xmatch row {position} oid_catalog"),
         "dist": dist,
+        **provenance,
+        "radius_arcsec": radius,
     }
 
 

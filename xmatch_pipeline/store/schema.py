@@ -26,10 +26,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.schema import AddConstraint
 
 from xmatch_pipeline.store.advisory_keys import advisory_key
+from xmatch_pipeline.store.catalog_tables import stored_catalog_tables
 from xmatch_pipeline.store.errors import SchemaError, database_unavailable
 from xmatch_pipeline.store.tables import (
     LEDGER_LIVE_OVERLAP_CONSTRAINT,
-    allwise_table,
     offset_range_ledger_table,
     xmatch_table,
 )
@@ -57,9 +57,9 @@ def ensure_schema(engine: Engine) -> None:
         connection.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
         _ensure_extension(connection)
         _upgrade_to_head(connection)
+        _create_later_catalog_tables(connection)
         _refuse_single_precision(connection)
         _refuse_ledger_without_consumer_group(connection)
-        _add_survey_column(connection)
 
 
 def migrations_config() -> Config:
@@ -96,6 +96,14 @@ def _upgrade_to_head(connection: Connection) -> None:
             f"{current_revision(connection)!r}, this code knows up to {head_revision()!r}): "
             f"{error}; run the newest xmatch_pipeline against this database"
         ) from error
+
+
+def _create_later_catalog_tables(connection: Connection) -> None:
+    """The table of a stored catalog declared after the migrations (``match/catalogs/``),
+    created from its declaration when missing: adding a catalog is one module. A catalog
+    table that exists is never altered here; a change to one is a migration."""
+    for table in stored_catalog_tables():
+        table.create(connection, checkfirst=True)
 
 
 def _ensure_extension(connection: Connection) -> None:
@@ -142,7 +150,7 @@ def _refuse_single_precision(connection: Connection) -> None:
             "WHERE table_schema = current_schema() AND table_name = ANY(:tables) "
             "AND data_type = 'real' ORDER BY table_name, ordinal_position"
         ),
-        {"tables": [allwise_table.name, xmatch_table.name]},
+        {"tables": [xmatch_table.name, *(table.name for table in stored_catalog_tables())]},
     ).all()
     if rows:
         columns = ", ".join(f"{table}.{column}" for table, column in rows)
@@ -199,61 +207,3 @@ def _refuse_ledger_without_consumer_group(connection: Connection) -> None:
 def _server_description(connection: Connection) -> str:
     url = connection.engine.url
     return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database}"
-
-
-# ---------------------------------------------------------------------------------------
-# Survey column (issue 10, LSST alerts). One idempotent block, meant to become a migration.
-#
-# Tables created before LSST support key ``object`` by ``oid`` and ``xmatch`` by
-# ``(oid, catid)``. The survey (``sid``: ``ztf`` or ``lsst``) joins both keys so a ZTF and
-# an LSST object never collide; every existing row is ZTF's, hence the default. Readers of
-# the original columns are unaffected; ``allwise`` is the catalog's and does not change.
-# Fresh databases get this shape from ``tables.py`` directly, and then every statement
-# below is skipped or a no-op.
-# ---------------------------------------------------------------------------------------
-
-SURVEY_COLUMN_STATEMENTS: Final = (
-    "ALTER TABLE object ADD COLUMN IF NOT EXISTS sid text NOT NULL DEFAULT 'ztf'",
-    "ALTER TABLE xmatch ADD COLUMN IF NOT EXISTS sid text NOT NULL DEFAULT 'ztf'",
-)
-#: Run only while ``object``'s primary key lacks ``sid`` (in this order, one transaction).
-SURVEY_KEY_STATEMENTS: Final = (
-    "ALTER TABLE xmatch DROP CONSTRAINT IF EXISTS xmatch_oid_fkey",
-    "ALTER TABLE xmatch DROP CONSTRAINT IF EXISTS xmatch_pkey",
-    "ALTER TABLE xmatch ADD CONSTRAINT xmatch_pkey PRIMARY KEY (oid, sid, catid)",
-    "ALTER TABLE object DROP CONSTRAINT object_pkey",
-    "ALTER TABLE object ADD CONSTRAINT object_pkey PRIMARY KEY (oid, sid)",
-    "ALTER TABLE xmatch ADD CONSTRAINT xmatch_object_fkey FOREIGN KEY (oid, sid) "
-    "REFERENCES object (oid, sid)",
-)
-
-
-def _primary_key_columns(connection: Connection, table: str) -> set[str]:
-    rows = connection.execute(
-        text(
-            "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
-            "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(:table) "
-            "AND i.indisprimary"
-        ),
-        {"table": table},
-    ).scalars()
-    return set(rows)
-
-
-def _add_survey_column(connection: Connection) -> None:
-    """Bring ``object`` and ``xmatch`` from before LSST support to keys with the survey."""
-    for statement in SURVEY_COLUMN_STATEMENTS:
-        connection.execute(text(statement))
-    if "sid" in _primary_key_columns(connection, "object"):
-        return
-    try:
-        with connection.begin_nested():
-            for statement in SURVEY_KEY_STATEMENTS:
-                connection.execute(text(statement))
-    except DBAPIError as error:
-        raise SchemaError(
-            "could not add the survey (sid) to the keys of object and xmatch on "
-            f"{_server_description(connection)}: {str(error.orig).strip()}; other tables "
-            "may reference object(oid): point them at object(oid, sid), or run these "
-            "statements by hand: " + "; ".join(SURVEY_KEY_STATEMENTS)
-        ) from error

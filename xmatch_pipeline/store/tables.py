@@ -77,11 +77,19 @@ xmatch_table = Table(
     Column("oid_catalog", Text, nullable=False),
     Column("dist", Double, nullable=False, comment="angular distance, arcsec"),
     Column(SURVEY_COLUMN, Text, nullable=False, server_default=text(f"'{ZTF_SURVEY_ID}'")),
+    # Provenance (issue 9), nullable: rows written before it have none.
+    Column("release", Text, nullable=True, comment="catalog release that gave the match"),
+    Column("engine", Text, nullable=True, comment="cds or local"),
+    Column("index_build", Text, nullable=True, comment="the local index's build id"),
+    Column("radius_arcsec", Double, nullable=True, comment="match radius asked, arcsec"),
     PrimaryKeyConstraint("oid", SURVEY_COLUMN, "catid"),
     ForeignKeyConstraint(
         ["oid", SURVEY_COLUMN], ["object.oid", f"object.{SURVEY_COLUMN}"], name="xmatch_object_fkey"
     ),
 )
+
+#: The provenance columns of ``xmatch``, in order.
+XMATCH_PROVENANCE_COLUMNS: Final = ("release", "engine", "index_build", "radius_arcsec")
 
 step_table = Table(
     "step",
