@@ -95,7 +95,7 @@ def test_every_missing_variable_is_named_in_one_error() -> None:
         ("XMATCH_LOCAL_CATALOGS", "allwise", "must look like NAME=DIRECTORY"),
         ("XMATCH_OUTPUT_PRECISION", "half", "must be 'double'"),
         ("XMATCH_MATCH_CACHE", "maybe", "must be true or false"),
-        ("XMATCH_CHECK_MAX_MATCH_RATE", "1.5", "0 <= min <= max <= 1"),
+        ("XMATCH_CHECK_MAX_MATCH_RATE", "1.5", "XMATCH_CHECK_MAX_MATCH_RATE=1.5 must be at most 1"),
         ("XMATCH_FAILURE_WEBHOOK_URL", "ftp://x", "http:// or https://"),
         ("PRODUCER_SERVER", "other-kafka:9092", "differs from CONSUMER_SERVER"),
         ("CONSUMER_KAFKA_PASSWORD", SASL_SECRET, "go together"),

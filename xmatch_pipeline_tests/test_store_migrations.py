@@ -192,9 +192,20 @@ def _insert(engine: Engine, rows: dict[str, list[dict[str, Any]]]) -> None:
 
 
 def _dump(engine: Engine, tables: list[str]) -> dict[str, list[tuple[Any, ...]]]:
+    """The rows in the columns of revision 0001: later revisions add columns (the survey,
+    provenance), whose values for old rows are checked on their own."""
+    first = {table.name: table for table in _first_revision()._tables()}
     with engine.connect() as connection:
         return {
-            table: [tuple(row) for row in connection.execute(text(f'SELECT * FROM "{table}"'))]
+            table: [
+                tuple(row)
+                for row in connection.execute(
+                    text(
+                        f"SELECT {', '.join(c.name for c in first[table].columns)} "
+                        f'FROM "{table}" ORDER BY 1'
+                    )
+                )
+            ]
             for table in tables
         }
 
