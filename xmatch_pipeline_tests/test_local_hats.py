@@ -8,6 +8,7 @@ and that answer is LSDB's crossmatch of the same batch, pair for pair.
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -171,7 +172,17 @@ def test_settings_name_the_variable_for_a_bad_hats_directory(
         load_settings({**base, "XMATCH_LOCAL_CATALOGS": f"allwise={tmp_path}"})
     assert f"XMATCH_LOCAL_CATALOGS allwise={tmp_path}" in str(raised.value)
     assert "no `properties` file" in str(raised.value)
-    catalogs = '[{"name": "c", "columns": ["source_id", "W9mag"], "radius_arcsec": 1.0}]'
+
+    def entry(*columns: str) -> str:
+        """An output-only catalog declared in XMATCH_CATALOGS, over this HATS copy."""
+        declared = {
+            "name": "c", "vizier_table": "X/1/c", "release": "test", "id_column": "source_id",
+            "ra_column": "ra", "dec_column": "dec", "columns": ["source_id", "ra", "dec", *columns],
+            "radius_arcsec": 1.0,
+        }  # fmt: skip
+        return json.dumps([declared])
+
+    catalogs = entry("W9mag")
     with pytest.raises(SettingsError) as raised:
         load_settings(
             {**base, "XMATCH_LOCAL_CATALOGS": f"c={our_hats}", "XMATCH_CATALOGS": catalogs}
@@ -179,7 +190,7 @@ def test_settings_name_the_variable_for_a_bad_hats_directory(
     message = str(raised.value)
     assert "XMATCH_CATALOGS asks catalog 'c' for column(s) W9mag" in message
     assert f"XMATCH_LOCAL_CATALOGS c={our_hats}" in message
-    good = '[{"name": "c", "columns": ["source_id", "mag"], "radius_arcsec": 1.0}]'
+    good = entry("mag")
     settings = load_settings(
         {**base, "XMATCH_LOCAL_CATALOGS": f"c={our_hats}", "XMATCH_CATALOGS": good}
     )

@@ -24,7 +24,7 @@ from xmatch_pipeline.decode.lsst_schemas import (
     rubin_schema_id,
 )
 from xmatch_pipeline.decode.wire_format import split_wire_message, wire_message
-from xmatch_pipeline.publish.enriched_alert import XMATCHES_FIELD, xmatches_field
+from xmatch_pipeline.publish.enriched_alert import APPENDED_FIELDS, XMATCHES_FIELD, xmatches_field
 from xmatch_pipeline.publish.lsst_output import (
     LsstOutputSchemaIds,
     encode_enriched_lsst_alert,
@@ -177,7 +177,7 @@ def test_the_enriched_lsst_alert_keeps_rubins_framing_under_an_id_of_its_own(
         assert documented.as_json()["fields"][-1] == xmatches_field("double")
         record = _decode_output(value, documented.parsed)
         assert record[XMATCHES_FIELD] == match
-        assert {k: v for k, v in record.items() if k != XMATCHES_FIELD} == sample.record
+        assert {k: v for k, v in record.items() if k not in APPENDED_FIELDS} == sample.record
         no_match = encode_enriched_lsst_alert(alert, None, output_ids)
         assert _decode_output(no_match, documented.parsed)[XMATCHES_FIELD] is None
     float32 = encode_enriched_lsst_alert(
@@ -200,7 +200,10 @@ def test_the_cli_prints_the_schema_behind_an_output_id_and_refuses_rubins_own(
     assert printed.exit_code == 0, printed.output
     document = json.loads(printed.stdout)
     assert document["fields"][-1] == xmatches_field("double")
-    assert document["fields"][:-1] == schemas.schema_for_id(704).as_json()["fields"]
+    assert (
+        document["fields"][: -len(APPENDED_FIELDS)]
+        == schemas.schema_for_id(704).as_json()["fields"]
+    )
     refused = runner.invoke(app, ["lsst", "output-schema", "704"])
     assert refused.exit_code == 2
     assert "not an output id" in refused.output
