@@ -241,4 +241,6 @@ def test_cds_server_command_serves_until_interrupted(allwise_index: Path) -> Non
         assert xmatch(url, small_upload()).status_code == 200
     finally:
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=10)
+        # Generous: on a loaded machine the interpreter's exit (its imported libraries'
+        # clean-up) took over 10 s once; the exit itself is what is checked.
+        process.wait(timeout=60)

@@ -35,7 +35,6 @@ from bench.pipeline.infra import (
     unique_name,
 )
 from bench.pipeline.latency import (
-    DRAIN_TIMEOUT_SECONDS,
     SENSOR_INTERVAL_SECONDS,
     _ArrivalRecorder,
     _dagster_runs,
@@ -94,9 +93,18 @@ class _Probe:
 
     def lags(self) -> dict[str, int] | str:
         try:
-            return {str(p.partition): p.lag for p in self._offsets.lags([self._topic])}
+            partitions = self._offsets.lags([self._topic])
         except KafkaOperationError as error:
             return str(error)
+        deleted = {p.partition: p.offsets_deleted_unprocessed for p in partitions}
+        if any(deleted.values()):
+            raise SoakInvalidError(
+                f"retention deleted input the group had not read yet ({deleted} offsets per "
+                "partition): the lag outgrew INPUT_CONFIG's retention, so this "
+                "soak's exactness figures would be wrong; lengthen the retention (disk "
+                "permitting) or run on a quieter machine"
+            )
+        return {str(p.partition): p.lag for p in partitions}
 
     def sample(self, phase: str) -> dict[str, Any]:
         lags = self.lags()
@@ -142,8 +150,20 @@ def _sample_while(
 
 #: An hour at 300 alerts/s is ~75 GB of input and as much output again: the soak's topics
 #: keep only their last minutes (whole 128 MB segments are deleted), or the disk fills and
-#: the broker stops (seen: after 40 minutes with 74 GB free). The lag stays far below this.
-SOAK_TOPIC_CONFIG = {"retention.ms": str(5 * 60 * 1000), "segment.bytes": str(128 * 2**20)}
+#: the broker stops (seen: after 40 minutes with 74 GB free). The input keeps 30 minutes, far
+#: more than the lag may reach: 5 minutes was too few on a loaded machine (seen: retention
+#: deleted input the group had not read, and the range failed). Every sample checks it, and
+#: the soak stops as invalid if retention ever deletes an unread input message. The output
+#: is read as it arrives, so its last 5 minutes are plenty.
+SEGMENT_BYTES = str(128 * 2**20)
+INPUT_CONFIG = {"retention.ms": str(30 * 60 * 1000), "segment.bytes": SEGMENT_BYTES}
+OUTPUT_CONFIG = {"retention.ms": str(5 * 60 * 1000), "segment.bytes": SEGMENT_BYTES}
+#: The drain waits until every produced alert is read back, at most this long.
+DRAIN_MINUTES = 30.0
+
+
+class SoakInvalidError(RuntimeError):
+    """The harness, not the pipeline, lost input: its results would mean nothing."""
 
 
 def soak(
@@ -164,8 +184,8 @@ def soak(
     with (
         fresh_database(devstack, with_schema=False) as database_url,
         fresh_database(devstack, with_schema=False) as dagster_url,
-        fresh_topic(devstack, "bench-soak-in", partitions, SOAK_TOPIC_CONFIG) as input_topic,
-        fresh_topic(devstack, "bench-soak-out", partitions, SOAK_TOPIC_CONFIG) as output_topic,
+        fresh_topic(devstack, "bench-soak-in", partitions, INPUT_CONFIG) as input_topic,
+        fresh_topic(devstack, "bench-soak-out", partitions, OUTPUT_CONFIG) as output_topic,
     ):
         environment = os.environ | pipeline_environment(
             devstack,
@@ -291,7 +311,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--sample-seconds", type=float, default=10.0)
     parser.add_argument(
-        "--drain-minutes", type=float, default=DRAIN_TIMEOUT_SECONDS / 60,
+        "--drain-minutes", type=float, default=DRAIN_MINUTES,
         help="after the load, how long to wait for the backlog to be read back",
     )  # fmt: skip
     parser.add_argument(
