@@ -18,6 +18,14 @@ PathsArgument = Annotated[
     list[Path],
     typer.Argument(help=".avro files, folders of them (searched recursively) or .tar.gz archives."),
 ]
+BootstrapOption = Annotated[
+    str | None,
+    typer.Option(
+        "--bootstrap",
+        "-b",
+        help="Kafka bootstrap (default: $KAFKA_BOOTSTRAP_SERVERS, else the devstack's).",
+    ),
+]
 
 
 @app.command("inspect")
@@ -63,14 +71,7 @@ def default_bootstrap() -> str:
 def replay_command(
     paths: PathsArgument,
     topic: Annotated[str, typer.Option("--topic", "-t", help="Topic to produce to.")],
-    bootstrap: Annotated[
-        str | None,
-        typer.Option(
-            "--bootstrap",
-            "-b",
-            help="Kafka bootstrap (default: $KAFKA_BOOTSTRAP_SERVERS, else the devstack's).",
-        ),
-    ] = None,
+    bootstrap: BootstrapOption = None,
     partitions: Annotated[
         int, typer.Option(min=1, help="Partitions if the topic has to be created.")
     ] = 1,

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from xmatch_pipeline.cli.alerts import BootstrapOption, default_bootstrap
+
 app = typer.Typer(
     help="Rubin LSST alerts: replay lsst-alert-packet's samples, print output schemas.",
     no_args_is_help=True,
@@ -18,21 +20,13 @@ FLUSH_TIMEOUT_SECONDS = 30.0
 @app.command("samples")
 def samples_command(
     topic: Annotated[str, typer.Option("--topic", "-t", help="Topic to produce to.")],
-    bootstrap: Annotated[
-        str | None,
-        typer.Option(
-            "--bootstrap",
-            "-b",
-            help="Kafka bootstrap (default: $KAFKA_BOOTSTRAP_SERVERS, else the devstack's).",
-        ),
-    ] = None,
+    bootstrap: BootstrapOption = None,
 ) -> None:
     """Produce Rubin's sample alert of every schema version, in Rubin's framing, key
     diaObjectId."""
     from confluent_kafka import KafkaError, Message, Producer
 
     from xmatch_pipeline.alert_tools.lsst_samples import sample_alerts
-    from xmatch_pipeline.cli.alerts import default_bootstrap
 
     address = bootstrap or default_bootstrap()
     samples = sample_alerts()
