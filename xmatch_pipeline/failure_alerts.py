@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import requests
 from confluent_kafka import Producer
 
-from xmatch_pipeline.kafka_config import KafkaClientConfig
+from xmatch_pipeline.kafka.client_config import KafkaClientConfig
 
 logger = logging.getLogger(__name__)
 

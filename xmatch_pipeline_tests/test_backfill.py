@@ -11,12 +11,12 @@ import pytest
 from dagster import DagsterInstance, ExecuteInProcessResult
 
 from xmatch_pipeline.decode.avro_codec import decode_alert
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.planning import PlannedRun
 from xmatch_pipeline.orchestration.assets import CROSSMATCH_TABLES, OUTPUT_TOPIC
 from xmatch_pipeline.orchestration.jobs import xmatch_backfill, xmatch_microbatch
 from xmatch_pipeline.orchestration.resources import XmatchResource
 from xmatch_pipeline.orchestration.sensors import run_request
-from xmatch_pipeline.run_planning import PlannedRun
 from xmatch_pipeline_tests.pipeline_fixtures import (
     JOB_RESOURCES,
     SmallStream,

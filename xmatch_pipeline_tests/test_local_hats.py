@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from xmatch_pipeline.match.catalog_build import build_catalog_index
 from xmatch_pipeline.match.catalog_spec import CatalogSpec
-from xmatch_pipeline.match.hats_catalog import HatsFormatError, open_hats_catalog
-from xmatch_pipeline.match.local_index import LocalCatalogIndex
+from xmatch_pipeline.match.local.build import build_catalog_index
+from xmatch_pipeline.match.local.hats_catalog import HatsFormatError, open_hats_catalog
+from xmatch_pipeline.match.local.index import LocalCatalogIndex
 from xmatch_pipeline.settings import SettingsError, load_settings
 
 RADIUS_ARCSEC = 5.0
