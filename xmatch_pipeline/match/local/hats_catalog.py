@@ -6,7 +6,10 @@ a ``properties`` file that names the catalog and its coordinate columns, and
 ``partition_info.csv`` (or ``dataset/_metadata``) listing the pixels. The ``hats`` library
 reads that metadata; the partitions a batch touches are then read with pyarrow from the
 paths hats gives, which costs less per file than hats' pandas reader. A collection
-(``collection.properties``) is opened at its main catalog.
+(``collection.properties``) is opened at its main catalog, with its default margin cache
+when it has one: per partition, the rows of the neighbouring partitions within the margin's
+threshold of it, so a position near an edge reads its own partition and that partition's
+margin instead of two to four whole partitions.
 
 A directory that is not a HATS catalog, or whose partitions cannot be listed, raises
 ``HatsFormatError`` naming what is missing, so a wrong ``XMATCH_LOCAL_CATALOGS`` stops the
@@ -37,6 +40,26 @@ class HatsFormatError(ValueError):
 
 
 @dataclass(frozen=True, eq=False)
+class HatsMargin:
+    """A catalog's margin cache: for each partition, the rows of other partitions that lie
+    within ``threshold_arcsec`` of it (HATS writes it beside the catalog in a collection)."""
+
+    directory: Path
+    threshold_arcsec: float
+    #: The (order, pixel) of the partitions that have margin rows.
+    partitions: frozenset[tuple[int, int]]
+    npix_suffix: str
+
+    def read_partition(self, order: int, pixel: int, columns: list[str]) -> pa.Table | None:
+        """The margin rows of one partition; None where the partition has none."""
+        if (order, pixel) not in self.partitions:
+            return None
+        return _read_parquet(
+            partition_path(self.directory, order, pixel, self.npix_suffix), columns
+        )
+
+
+@dataclass(frozen=True, eq=False)
 class HatsCatalog:
     """What a query needs to know about a HATS catalog, read once when it is opened."""
 
@@ -52,6 +75,8 @@ class HatsCatalog:
     orders: npt.NDArray[np.int64]
     pixels: npt.NDArray[np.int64]
     npix_suffix: str
+    #: The default margin cache of a collection; None for a catalog without one.
+    margin: HatsMargin | None = None
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -70,12 +95,15 @@ class HatsCatalog:
 
     def read_partition(self, order: int, pixel: int, columns: list[str]) -> pa.Table:
         """Some columns of one partition, straight from its Parquet file(s)."""
-        path = self.partition_path(order, pixel)
-        if path.is_dir():
-            return pq.read_table(path, columns=columns)
-        # ParquetFile.read is several times cheaper per file than pq.read_table's dataset layer.
-        with pq.ParquetFile(path) as parquet_file:
-            return parquet_file.read(columns=columns)
+        return _read_parquet(self.partition_path(order, pixel), columns)
+
+
+def _read_parquet(path: Path, columns: list[str]) -> pa.Table:
+    if path.is_dir():
+        return pq.read_table(path, columns=columns)
+    # ParquetFile.read is several times cheaper per file than pq.read_table's dataset layer.
+    with pq.ParquetFile(path) as parquet_file:
+        return parquet_file.read(columns=columns)
 
 
 def partition_path(directory: Path, order: int, pixel: int, npix_suffix: str = ".parquet") -> Path:
@@ -96,19 +124,7 @@ def open_hats_catalog(directory: Path) -> HatsCatalog:
     from hats.catalog import CatalogCollection
 
     directory = Path(directory)
-    if not directory.is_dir():
-        raise HatsFormatError(f"{directory} is not a directory holding a HATS catalog")
-    if not any(
-        (directory / name).is_file()
-        for name in (PROPERTIES_FILE, "hats.properties", "collection.properties")
-    ):
-        raise HatsFormatError(
-            f"{directory} is not a HATS catalog: it has no `{PROPERTIES_FILE}` file (a HATS "
-            "catalog's root holds `properties`, `partition_info.csv` and `dataset/`); build one "
-            "with `xmatch-pipeline catalog build` or point at the catalog's root directory"
-        )
-    if not (directory / "collection.properties").is_file() and not _lists_partitions(directory):
-        raise _no_partition_info(directory)
+    _check_layout(directory)
     try:
         with warnings.catch_warnings():
             # hats warns, then lists the files, when partition_info.csv is missing.
@@ -116,7 +132,11 @@ def open_hats_catalog(directory: Path) -> HatsCatalog:
             loaded = hats.read_hats(directory, read_moc=False)
     except (OSError, ValueError, KeyError, NotImplementedError) as error:
         raise HatsFormatError(f"{directory}: cannot read the HATS catalog: {error}") from error
+    margin = None
     if isinstance(loaded, CatalogCollection):
+        margin_directory = loaded.default_margin_catalog_dir
+        if margin_directory is not None:
+            margin = _open_margin(Path(str(margin_directory)))
         loaded = loaded.main_catalog
     info = loaded.catalog_info
     base = Path(str(loaded.catalog_path))
@@ -142,6 +162,8 @@ def open_hats_catalog(directory: Path) -> HatsCatalog:
     for required in (info.ra_column, info.dec_column, id_column):
         if required is not None and required not in schema.names:
             raise HatsFormatError(f"{base}: column {required!r} named by properties is absent")
+    if margin is not None:
+        _check_margin_columns(margin, schema, base)
     return HatsCatalog(
         directory=base,
         name=str(info.catalog_name),
@@ -152,7 +174,68 @@ def open_hats_catalog(directory: Path) -> HatsCatalog:
         orders=orders,
         pixels=pixels,
         npix_suffix=suffix,
+        margin=margin,
     )
+
+
+def _check_layout(directory: Path) -> None:
+    """The files every HATS catalog has, checked before hats reads them, to say what is missing."""
+    if not directory.is_dir():
+        raise HatsFormatError(f"{directory} is not a directory holding a HATS catalog")
+    if not any(
+        (directory / name).is_file()
+        for name in (PROPERTIES_FILE, "hats.properties", "collection.properties")
+    ):
+        raise HatsFormatError(
+            f"{directory} is not a HATS catalog: it has no `{PROPERTIES_FILE}` file (a HATS "
+            "catalog's root holds `properties`, `partition_info.csv` and `dataset/`); build one "
+            "with `xmatch-pipeline catalog build` or point at the catalog's root directory"
+        )
+    if not (directory / "collection.properties").is_file() and not _lists_partitions(directory):
+        raise _no_partition_info(directory)
+
+
+def _open_margin(directory: Path) -> HatsMargin:
+    """The collection's default margin; a declared margin that cannot be read is refused."""
+    import hats
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded = hats.read_hats(directory, read_moc=False)
+    except (OSError, ValueError, KeyError, NotImplementedError) as error:
+        raise HatsFormatError(
+            f"{directory}: the collection's default margin cannot be read: {error}; copy the "
+            "collection again, or remove `default_margin` from its collection.properties"
+        ) from error
+    info = loaded.catalog_info
+    if str(info.catalog_type) != "margin" or not info.margin_threshold:
+        raise HatsFormatError(
+            f"{directory}: the collection's default margin is not a HATS margin catalog with "
+            "an `hats_margin_threshold`"
+        )
+    return HatsMargin(
+        directory=Path(str(loaded.catalog_path)),
+        threshold_arcsec=float(info.margin_threshold),
+        partitions=frozenset((p.order, p.pixel) for p in loaded.get_healpix_pixels()),
+        npix_suffix=info.npix_suffix,
+    )
+
+
+def _check_margin_columns(margin: HatsMargin, schema: pa.Schema, base: Path) -> None:
+    """The margin must hold the catalog's columns, or its rows could not stand in for them."""
+    if not margin.partitions:
+        return
+    order, pixel = min(margin.partitions)
+    path = partition_path(margin.directory, order, pixel, margin.npix_suffix)
+    names = set(
+        pq.read_schema(path).names if path.is_file() else pq.ParquetDataset(path).schema.names
+    )
+    missing = [name for name in schema.names if name not in names]
+    if missing:
+        raise HatsFormatError(
+            f"{margin.directory}: the margin of {base} lacks column(s) {', '.join(missing)}"
+        )
 
 
 def _lists_partitions(directory: Path) -> bool:

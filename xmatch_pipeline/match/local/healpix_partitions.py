@@ -96,6 +96,32 @@ def covering_partitions(
     return keys % count, keys // count
 
 
+def containing_partitions(
+    ra_deg: npt.ArrayLike,
+    dec_deg: npt.ArrayLike,
+    partition_orders: IntArray,
+    partition_pixels: IntArray,
+) -> tuple[IntArray, IntArray]:
+    """(position index, partition index) of the one partition each position lies in.
+
+    Partitions as for ``covering_partitions``; a position that no partition covers is left
+    out. Pairs are sorted by position index.
+    """
+    ra = np.asarray(ra_deg, dtype=np.float64)
+    if ra.size == 0 or partition_pixels.size == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    depth = int(partition_orders.max())
+    fine = pixels_of(ra, dec_deg, depth)
+    shifts = 2 * (depth - partition_orders)
+    starts = partition_pixels << shifts
+    by_start = np.argsort(starts, kind="stable")
+    starts = starts[by_start]
+    ends = (partition_pixels[by_start] + 1) << shifts[by_start]
+    slot = np.searchsorted(starts, fine, side="right") - 1
+    inside = (slot >= 0) & (fine < ends[np.maximum(slot, 0)])
+    return np.flatnonzero(inside).astype(np.int64), by_start[slot[inside]].astype(np.int64)
+
+
 def _disk_cover(
     ra_deg: npt.ArrayLike, dec_deg: npt.ArrayLike, radius_arcsec: float
 ) -> tuple[IntArray, IntArray, int]:

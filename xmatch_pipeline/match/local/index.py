@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -29,8 +30,17 @@ from xmatch_pipeline.match.local.build import (
     CatalogIndexInfo,
     build_catalog_index,
 )
-from xmatch_pipeline.match.local.hats_catalog import HatsCatalog, HatsFormatError, open_hats_catalog
-from xmatch_pipeline.match.local.healpix_partitions import covering_partitions, pixel_runs
+from xmatch_pipeline.match.local.hats_catalog import (
+    HatsCatalog,
+    HatsFormatError,
+    open_hats_catalog,
+    partition_path,
+)
+from xmatch_pipeline.match.local.healpix_partitions import (
+    containing_partitions,
+    covering_partitions,
+    pixel_runs,
+)
 from xmatch_pipeline.match.local.partition_cache import (
     DEFAULT_CACHE_BYTES,
     LoadedPartition,
@@ -101,22 +111,29 @@ class LocalCatalogIndex:
                 [hats.ra_column, hats.dec_column, *hats.tie_break_columns, *catalog.columns]
             )
         )
-        position_index, partition_index = covering_partitions(
-            ra, dec, catalog.radius_arcsec, hats.orders, hats.pixels
+        position_index, partition_index, with_margin = self._partitions_to_read(
+            ra, dec, catalog.radius_arcsec
         )
         vectors = unit_vectors(ra, dec)
         chord = chord_length(catalog.radius_arcsec) * (1.0 + _CHORD_MARGIN)
         matched_positions: list[np.ndarray] = []
         matched_rows: list[pa.Table] = []
-        for partition, start, end in pixel_runs(partition_index):
-            loaded = self._partition(partition, needed)
-            subset = position_index[start:end]
+
+        def search(loaded: LoadedPartition | None, subset: np.ndarray) -> None:
+            if loaded is None or not len(subset) or not loaded.table.num_rows:
+                return
             pairs = loaded.tree.sparse_distance_matrix(
                 cKDTree(vectors[subset]), chord, output_type="ndarray"
             )
             if len(pairs):
                 matched_positions.append(subset[pairs["j"]])
                 matched_rows.append(loaded.table.select(needed).take(pairs["i"]))
+
+        for partition, start, end in pixel_runs(partition_index):
+            search(self._partition(partition, needed), position_index[start:end])
+            margin_subset = position_index[start:end][with_margin[start:end]]
+            if len(margin_subset):
+                search(self._partition(partition, needed, margin=True), margin_subset)
         if not matched_rows:
             empty = self._empty_table(needed)
             return _matches_frame(
@@ -145,6 +162,33 @@ class LocalCatalogIndex:
             catalog.columns,
         )
 
+    def _partitions_to_read(
+        self, ra: FloatArray, dec: FloatArray, radius_arcsec: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(position, partition, also its margin) triples, sorted by partition.
+
+        With a margin cache at least as wide as the radius, a position reads the partition
+        it lies in and that partition's margin; otherwise (no margin, a wider radius, or a
+        position in sky no partition covers) every partition its disk may overlap.
+        """
+        hats = self.catalog
+        margin = hats.margin
+        if margin is None or radius_arcsec > margin.threshold_arcsec:
+            positions, partitions = covering_partitions(
+                ra, dec, radius_arcsec, hats.orders, hats.pixels
+            )
+            return positions, partitions, np.zeros(len(positions), dtype=bool)
+        inside, own = containing_partitions(ra, dec, hats.orders, hats.pixels)
+        outside = np.setdiff1d(np.arange(len(ra), dtype=np.int64), inside)
+        near, covering = covering_partitions(
+            ra[outside], dec[outside], radius_arcsec, hats.orders, hats.pixels
+        )
+        positions = np.concatenate([inside, outside[near]])
+        partitions = np.concatenate([own, covering])
+        with_margin = np.concatenate([np.ones(len(inside), bool), np.zeros(len(near), bool)])
+        order = np.lexsort((positions, partitions))
+        return positions[order], partitions[order], with_margin[order]
+
     def _check_requested_columns(self, catalog: CatalogSpec) -> None:
         unknown = [column for column in catalog.columns if column not in self.columns]
         if unknown:
@@ -159,17 +203,34 @@ class LocalCatalogIndex:
                 f"or use a reserved output name ({', '.join(OUTPUT_COLUMNS)})"
             )
 
-    def _partition(self, partition: int, columns: Sequence[str]) -> LoadedPartition:
-        """A partition with at least ``columns`` loaded, from the cache or from disk."""
+    @overload
+    def _partition(
+        self, partition: int, columns: Sequence[str], *, margin: Literal[False] = False
+    ) -> LoadedPartition: ...
+
+    @overload
+    def _partition(
+        self, partition: int, columns: Sequence[str], *, margin: Literal[True]
+    ) -> LoadedPartition | None: ...
+
+    def _partition(
+        self, partition: int, columns: Sequence[str], *, margin: bool = False
+    ) -> LoadedPartition | None:
+        """A partition (or its margin rows) with at least ``columns`` loaded, from the cache
+        or from disk; None for a margin the partition does not have."""
         order = int(self.catalog.orders[partition])
         pixel = int(self.catalog.pixels[partition])
-        key = _unique_pixel(order, pixel)
+        # Margins share the cache, under the negated key of their partition.
+        key = -_unique_pixel(order, pixel) if margin else _unique_pixel(order, pixel)
         cached = self._cache.get(key)
         if cached is not None and all(name in cached.table.column_names for name in columns):
             return cached
+        read = self._read_margin if margin else self.catalog.read_partition
         try:
             if cached is None:
-                table = self.catalog.read_partition(order, pixel, list(columns))
+                table = read(order, pixel, list(columns))
+                if table is None:
+                    return None
                 vectors = unit_vectors(
                     table.column(self.catalog.ra_column).to_numpy(),
                     table.column(self.catalog.dec_column).to_numpy(),
@@ -177,12 +238,19 @@ class LocalCatalogIndex:
                 tree = cKDTree(vectors, balanced_tree=False, compact_nodes=False)
             else:
                 missing = [name for name in columns if name not in cached.table.column_names]
-                extra = self.catalog.read_partition(order, pixel, missing)
+                extra = read(order, pixel, missing)
+                if extra is None:  # cannot be: these rows were read from it before
+                    raise OSError("the partition's file disappeared")
                 table, vectors, tree = cached.table, cached.vectors, cached.tree
                 for name in missing:
                     table = table.append_column(name, extra.column(name))
         except (OSError, pa.ArrowException) as error:
             path = self.catalog.partition_path(order, pixel)
+            margin_cache = self.catalog.margin
+            if margin and margin_cache is not None:
+                path = partition_path(
+                    margin_cache.directory, order, pixel, margin_cache.npix_suffix
+                )
             raise CrossmatchError(
                 f"catalog {self.name!r}: cannot read partition {path}: {error}; the HATS "
                 "catalog may be incomplete: copy it again, or rebuild it with "
@@ -191,6 +259,10 @@ class LocalCatalogIndex:
         loaded = LoadedPartition(pixel=key, table=table, vectors=vectors, tree=tree)
         self._cache.put(loaded)
         return loaded
+
+    def _read_margin(self, order: int, pixel: int, columns: list[str]) -> pa.Table | None:
+        margin = self.catalog.margin
+        return None if margin is None else margin.read_partition(order, pixel, columns)
 
     def _empty_table(self, columns: Sequence[str]) -> pa.Table:
         """No rows, but the stored column types, so empty answers have the usual dtypes."""

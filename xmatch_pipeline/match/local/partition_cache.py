@@ -72,3 +72,9 @@ class PartitionCache:
     @property
     def cached_bytes(self) -> int:
         return self._bytes
+
+    @property
+    def keys(self) -> tuple[int, ...]:
+        """The cached entries' keys, least recently used first."""
+        with self._lock:
+            return tuple(self._entries)
