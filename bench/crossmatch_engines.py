@@ -141,7 +141,7 @@ def _write_positions(path: Path, ra: np.ndarray, dec: np.ndarray, rng: np.random
 
 def build_index(cache_dir: Path) -> tuple[Path, float | None]:
     """The HATS copy of the catalog, built once; returns the build time when it ran."""
-    from xmatch_pipeline.match.local_index import build_catalog_index
+    from xmatch_pipeline.match.local.index import build_catalog_index
 
     directory = cache_dir / "hats"
     if (directory / "properties").exists():
@@ -160,7 +160,7 @@ def build_index(cache_dir: Path) -> tuple[Path, float | None]:
 
 def hats_partitions_text(directory: Path) -> str:
     """``192 HEALPix partitions at order 2`` from a HATS catalog's partition info."""
-    from xmatch_pipeline.match.hats_catalog import open_hats_catalog
+    from xmatch_pipeline.match.local.hats_catalog import open_hats_catalog
 
     orders = open_hats_catalog(directory).orders
     listed = ", ".join(str(order) for order in sorted(set(orders.tolist())))
@@ -176,7 +176,7 @@ def _peak_rss_mb() -> float:
 
 def run_local(cache_dir: Path, positions_path: Path) -> dict[str, float]:
     from xmatch_pipeline.match.catalog_spec import CatalogSpec
-    from xmatch_pipeline.match.local_index import LocalCatalogIndex
+    from xmatch_pipeline.match.local.index import LocalCatalogIndex
 
     positions = pq.read_table(positions_path).to_pandas()
     spec = CatalogSpec("synthetic", COLUMNS, RADIUS_ARCSEC, "best")

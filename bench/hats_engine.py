@@ -62,7 +62,7 @@ def run_engine(engine: str, cache_dir: Path) -> dict[str, float]:
         return _run_lsdb(cache_dir, positions)
     import xmatch_pipeline
     from xmatch_pipeline.match.catalog_spec import CatalogSpec
-    from xmatch_pipeline.match.local_index import LocalCatalogIndex
+    from xmatch_pipeline.match.local.index import LocalCatalogIndex
 
     expected_root = cache_dir / "baseline-src" if engine == "before" else PROJECT_ROOT
     if not Path(xmatch_pipeline.__file__).is_relative_to(expected_root):
@@ -171,7 +171,7 @@ def build_both(cache_dir: Path) -> dict[str, float | None]:
 
 
 def build(kind: str, cache_dir: Path) -> float:
-    from xmatch_pipeline.match.catalog_build import build_catalog_index
+    from xmatch_pipeline.match.local.build import build_catalog_index
 
     started = time.perf_counter()
     build_catalog_index(

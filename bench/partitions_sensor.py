@@ -36,8 +36,8 @@ from dagster import (
 
 from bench.pipeline.infra import fresh_database, fresh_topic, pipeline_environment, produce_alerts
 from bench.pipeline.workload import PROJECT_ROOT
-from xmatch_pipeline.devstack import ensure_devstack_running
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.devtools.devstack import ensure_devstack_running
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
 from xmatch_pipeline.orchestration import run_tags
 from xmatch_pipeline.orchestration.partitions import OFFSET_RANGES_NAME
 from xmatch_pipeline.orchestration.resources import XmatchResource

@@ -5,7 +5,7 @@ consecutive ranges, in process, twice over the same input: once with the service
 between runs (``warm_services``, as a worker does), once with them disposed before every
 run (every run builds its database pool, Kafka readers, local index and its partition
 cache anew). It also times what a run pays for its new transactional producer
-(construction + ``init_transactions``), which is never kept (see ``microbatch.py``).
+(construction + ``init_transactions``), which is never kept (see ``microbatch/runner.py``).
 
     .venv/bin/python -m bench.warm_runs [--runs 8] [--size 500]
 
@@ -33,9 +33,9 @@ from bench.pipeline.infra import (
     produce_alerts,
     unique_name,
 )
-from xmatch_pipeline.demo import prepare_demo_data
-from xmatch_pipeline.devstack import ensure_devstack_running
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.devtools.demo import prepare_demo_data
+from xmatch_pipeline.devtools.devstack import ensure_devstack_running
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
 from xmatch_pipeline.orchestration.jobs import microbatch_run_config, xmatch_microbatch
 from xmatch_pipeline.orchestration.resources import XmatchResource
 from xmatch_pipeline.publish.kafka_transaction import TransactionalPublisher

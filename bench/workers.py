@@ -6,7 +6,7 @@ a worker's memory grows over many runs, and two workers against one on two parti
 Each phase has its own topics, consumer group, pipeline database and Dagster storage, the
 project's dagster.yaml, a ``dagster-daemon`` and ``xmatch-pipeline worker`` processes (the
 latency benchmark's harness), the local engine over the demo catalog, and the demo alerts
-(``xmatch_pipeline.demo``). Results go to ``bench/results/workers.json`` and to a section
+(``xmatch_pipeline.devtools.demo``). Results go to ``bench/results/workers.json`` and to a section
 of docs/benchmarks.md of its own, between markers that ``bench.pipeline`` keeps when it
 rewrites the file (``--report-only`` rewrites the section from the saved JSON).
 """
@@ -44,8 +44,8 @@ from bench.pipeline.latency import (
     start_worker,
 )
 from bench.pipeline.workload import PROJECT_ROOT
-from xmatch_pipeline.demo import prepare_demo_data
-from xmatch_pipeline.devstack import DevstackSettings, ensure_devstack_running
+from xmatch_pipeline.devtools.demo import prepare_demo_data
+from xmatch_pipeline.devtools.devstack import DevstackSettings, ensure_devstack_running
 
 RESULTS = PROJECT_ROOT / "bench" / "results" / "workers.json"
 REPORT = PROJECT_ROOT / "docs" / "benchmarks.md"

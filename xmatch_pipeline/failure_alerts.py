@@ -4,7 +4,10 @@ message to a Kafka topic (``XMATCH_FAILURE_TOPIC``) and/or a webhook
 
 Each delivery is bounded (the whole exchange within ``timeout_seconds`` per attempt, a few
 attempts with backoff) and never raises: an alert that cannot be delivered is logged with
-what failed, and the failure it reports is still in Dagster.
+what failed, and the failure it reports is still in Dagster. A webhook's POST runs in a
+thread of its own and is abandoned at its deadline, since requests' timeouts bound each
+socket read, not the exchange: a hook answering a byte at a time would otherwise hold the
+run-failure sensor (and so the daemon's next failure alerts) for as long as it likes.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import asdict, dataclass
 
 import requests
 from confluent_kafka import Producer
 
-from xmatch_pipeline.kafka_config import KafkaClientConfig
+from xmatch_pipeline.kafka.client_config import KafkaClientConfig
 
 logger = logging.getLogger(__name__)
 
@@ -92,19 +97,16 @@ def send_to_webhook(
     problem = ""
     for attempt in range(1, attempts + 1):
         try:
-            response = requests.post(
-                url,
-                data=alert.to_json(),
-                headers={"Content-Type": "application/json"},
-                timeout=(timeout_seconds / 2, timeout_seconds / 2),
-            )
+            status = _post_within(url, alert.to_json(), timeout_seconds)
+        except FutureTimeoutError:
+            problem = f"no answer within {timeout_seconds:g} s"
         except requests.RequestException as error:
             problem = f"{type(error).__name__}: {error}"
         else:
-            if response.status_code < 300:
+            if status < 300:
                 return True
-            problem = f"HTTP {response.status_code}"
-            if response.status_code < 500:
+            problem = f"HTTP {status}"
+            if status < 500:
                 break  # the hook refuses the message itself: another attempt changes nothing
         if attempt < attempts:
             time.sleep(WEBHOOK_BACKOFF_SECONDS * 2 ** (attempt - 1))
@@ -116,3 +118,24 @@ def send_to_webhook(
         problem,
     )
     return False
+
+
+def _post_within(url: str, body: bytes, timeout_seconds: float) -> int:
+    """The POST's status code, the whole exchange within ``timeout_seconds``
+    (``FutureTimeoutError`` past it; the abandoned thread ends at its socket timeout)."""
+
+    def post() -> int:
+        with requests.post(
+            url,
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=(timeout_seconds, timeout_seconds),
+            stream=True,  # the body is not needed: only the status is
+        ) as response:
+            return response.status_code
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmatch-failure-webhook")
+    try:
+        return pool.submit(post).result(timeout=timeout_seconds)
+    finally:
+        pool.shutdown(wait=False)

@@ -28,12 +28,13 @@ from xmatch_pipeline.decode.lsst_schemas import (
     PackagedLsstSchemas,
     RegistryLsstSchemas,
 )
-from xmatch_pipeline.kafka_config import KafkaClientConfig
-from xmatch_pipeline.match.cds_client import CdsXmatchClient
-from xmatch_pipeline.match.cds_session import SlotLimitedSession
-from xmatch_pipeline.match.engine import CrossmatchEngine
-from xmatch_pipeline.match.local_index import LocalCrossmatchEngine
-from xmatch_pipeline.microbatch import MicrobatchConfig, MicrobatchReport, MicrobatchRunner
+from xmatch_pipeline.kafka.client_config import KafkaClientConfig
+from xmatch_pipeline.match.cds.client import CdsXmatchClient
+from xmatch_pipeline.match.cds.session import SlotLimitedSession
+from xmatch_pipeline.match.crossmatch_engine import CrossmatchEngine
+from xmatch_pipeline.match.local.index import LocalCrossmatchEngine
+from xmatch_pipeline.microbatch.report import MicrobatchReport
+from xmatch_pipeline.microbatch.runner import MicrobatchConfig, MicrobatchRunner
 from xmatch_pipeline.publish.lsst_output import LsstOutputSchemaIds
 from xmatch_pipeline.read.kafka_offsets import KafkaOffsetsReader
 from xmatch_pipeline.read.kafka_reader_pool import KafkaReaderPool
@@ -68,8 +69,8 @@ def kafka_client_config(
     )
 
 
-def database_engine(settings: PipelineSettings) -> Engine:
-    """An engine that notices dead connections, and whose sessions die with their client."""
+def open_database(settings: PipelineSettings) -> Engine:
+    """A connection pool that notices dead connections, and whose sessions die with their client."""
     return create_engine(
         settings.database.sqlalchemy_url(),
         pool_pre_ping=True,
@@ -141,13 +142,13 @@ class PipelineServices:
 
     @cached_property
     def database(self) -> Engine:
-        engine = database_engine(self.settings)
+        database = open_database(self.settings)
         try:
-            ensure_schema(engine)  # a server that cannot be reached: DatabaseUnavailableError
+            ensure_schema(database)  # a server that cannot be reached: DatabaseUnavailableError
         except BaseException:
-            engine.dispose()
+            database.dispose()
             raise
-        return engine
+        return database
 
     @cached_property
     def ledger(self) -> RangeLedger:
@@ -305,8 +306,8 @@ class PipelineServices:
         producer = built.get("metrics_producer")
         if producer is not None:
             producer.flush(METRICS_DELIVERY_TIMEOUT_SECONDS)
-        engine = built.get("crossmatch_engine")
-        if isinstance(engine, CdsXmatchClient):
-            engine.close()
+        crossmatch_engine = built.get("crossmatch_engine")
+        if isinstance(crossmatch_engine, CdsXmatchClient):
+            crossmatch_engine.close()
         if "database" in built:
             self.database.dispose()

@@ -39,14 +39,14 @@ from xmatch_pipeline.match.catalog_configuration import (
     default_catalog,
 )
 from xmatch_pipeline.match.catalogs import allwise
-from xmatch_pipeline.match.cds_client import (
+from xmatch_pipeline.match.cds.client import (
     DEFAULT_CDS_XMATCH_URL,
     MAX_REQUESTS_IN_FLIGHT,
     CdsClientSettings,
 )
-from xmatch_pipeline.match.hats_catalog import HatsFormatError, open_hats_catalog
+from xmatch_pipeline.match.local.hats_catalog import HatsFormatError, open_hats_catalog
+from xmatch_pipeline.microbatch.range_checks import RangeCheckBounds
 from xmatch_pipeline.publish.dead_letter import dead_letter_topic_for
-from xmatch_pipeline.range_checks import RangeCheckBounds
 from xmatch_pipeline.read.topic_selection import topics_from_list
 from xmatch_pipeline.survey import Survey, TopicSurveys
 
@@ -166,14 +166,14 @@ class TopicSelection(SettingsGroup):
 class DatabaseSettings(SettingsGroup):
     """The pipeline's PostgreSQL, with the original's ``DB_*`` variables."""
 
-    engine: str = setting("DB_ENGINE", "database engine (`postgres` or `postgresql`)", "postgresql")
+    dialect: str = setting("DB_ENGINE", "database kind (`postgres` or `postgresql`)", "postgresql")
     host: str = setting("DB_HOST", "PostgreSQL host", example="localhost")
     port: int = setting("DB_PORT", "PostgreSQL port", 5432, ge=1, le=65535)
     user: str = setting("DB_USER", "PostgreSQL user", example="xmatch")
     password: SecretStr = setting("DB_PASSWORD", "PostgreSQL password", SecretStr(""))
     name: str = setting("DB_NAME", "PostgreSQL database", example="xmatch")
 
-    @field_validator("engine")
+    @field_validator("dialect")
     @classmethod
     def _postgresql(cls, value: str) -> str:
         if value not in ("postgres", "postgresql"):
@@ -202,7 +202,7 @@ class StepSettings(SettingsGroup):
 
 
 class CdsSettings(SettingsGroup):
-    """How the CDS XMatch client talks to CDS (``cds_client.CdsClientSettings``)."""
+    """How the CDS XMatch client talks to CDS (``match.cds.client.CdsClientSettings``)."""
 
     url: str = setting("XMATCH_CDS_URL", "CDS XMatch sync endpoint", DEFAULT_CDS_XMATCH_URL)
     connect_timeout_seconds: float = setting(

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from xmatch_pipeline.devstack import DevstackSettings, ensure_devstack_running
+from xmatch_pipeline.devtools.devstack import DevstackSettings, ensure_devstack_running
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from xmatch_pipeline.cds_server import CdsXmatchServer
+    from xmatch_pipeline.devtools.cds_server import CdsXmatchServer
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ def fresh_database_url(database_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def schema_engine(fresh_database_url: str) -> Iterator[Engine]:
+def schema_database(fresh_database_url: str) -> Iterator[Engine]:
     """An engine on the module's fresh database, with the pipeline's schema created."""
     from sqlalchemy import create_engine
 
@@ -108,7 +108,7 @@ def allwise_index(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture(scope="module")
 def running_cds_server(allwise_index: Path) -> Iterator[CdsXmatchServer]:
     """The local ``cds-server`` serving ``allwise_index``, for one test module."""
-    from xmatch_pipeline.cds_server import CdsXmatchServer, ServedCatalogs
+    from xmatch_pipeline.devtools.cds_server import CdsXmatchServer, ServedCatalogs
 
     with CdsXmatchServer(ServedCatalogs({"allwise": allwise_index})) as server:
         yield server

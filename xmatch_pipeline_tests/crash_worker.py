@@ -14,8 +14,8 @@ import signal
 import sys
 import time
 
-from xmatch_pipeline.microbatch import STAGES, MicrobatchRunner
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.runner import STAGES, MicrobatchRunner
 from xmatch_pipeline.services import PipelineServices
 from xmatch_pipeline.settings import load_settings
 

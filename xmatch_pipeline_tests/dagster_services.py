@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import yaml
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
-from xmatch_pipeline.devstack import DevstackSettings
+from xmatch_pipeline.devtools.devstack import DevstackSettings
 from xmatch_pipeline.orchestration.jobs import xmatch_microbatch
 from xmatch_pipeline_tests.pipeline_fixtures import fresh_database
 

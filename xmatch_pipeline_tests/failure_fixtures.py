@@ -20,11 +20,11 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, Producer, TopicPartiti
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from xmatch_pipeline.alert_tools.synthetic import SyntheticAlertFactory, read_positions_csv
 from xmatch_pipeline.decode import encode_alert
 from xmatch_pipeline.decode.avro_codec import decode_alert
+from xmatch_pipeline.devtools.alert_tools.synthetic import SyntheticAlertFactory, read_positions_csv
 from xmatch_pipeline.match.catalogs.allwise import DATABASE_COLUMNS
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
 from xmatch_pipeline_tests.pipeline_fixtures import (
     REQUEST_FILE,
     RESPONSE_FILE,

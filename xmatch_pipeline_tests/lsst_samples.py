@@ -9,9 +9,9 @@ import io
 
 import fastavro
 
-from xmatch_pipeline.alert_tools.lsst_samples import SampleAlert, sample_alerts
 from xmatch_pipeline.decode.lsst_alert import DECLINATION_FIELDS
 from xmatch_pipeline.decode.lsst_schemas import packaged_lsst_schemas
+from xmatch_pipeline.devtools.alert_tools.lsst_samples import SampleAlert, sample_alerts
 
 __all__ = ["SampleAlert", "sample_alerts", "variant"]
 

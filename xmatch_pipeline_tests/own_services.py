@@ -20,20 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Thread
 
-from xmatch_pipeline.devstack import DevstackSettings
-from xmatch_pipeline.devstack.kafka_server import (
+from xmatch_pipeline.devtools.devstack import DevstackSettings
+from xmatch_pipeline.devtools.devstack.kafka_server import (
     KafkaPaths,
     start_kafka,
     stop_kafka,
     wait_until_kafka_ready,
 )
-from xmatch_pipeline.devstack.postgres_server import (
+from xmatch_pipeline.devtools.devstack.postgres_server import (
     start_postgres,
     stop_postgres,
     wait_until_postgres_ready,
 )
-from xmatch_pipeline.devstack.stack import prepare_devstack_directory
-from xmatch_pipeline.microbatch import STAGES
+from xmatch_pipeline.devtools.devstack.stack import prepare_devstack_directory
+from xmatch_pipeline.microbatch.runner import STAGES
 
 
 def free_port() -> int:

@@ -32,9 +32,9 @@ from dagster import (
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
-from xmatch_pipeline.kafka_config import KafkaClientConfig
-from xmatch_pipeline.match.catalog_build import build_catalog_index
+from xmatch_pipeline.kafka.client_config import KafkaClientConfig
 from xmatch_pipeline.match.catalogs.allwise import CDS_COLUMNS
+from xmatch_pipeline.match.local.build import build_catalog_index
 from xmatch_pipeline.orchestration.jobs import xmatch_microbatch
 from xmatch_pipeline.orchestration.partitions import OFFSET_RANGES_NAME
 from xmatch_pipeline.orchestration.resources import XmatchResource
@@ -178,8 +178,8 @@ def small_stream(shared_data_dir: Path, work_dir: Path, count: int = 60) -> Smal
         (float(row["RAJ2000"]), float(row["DEJ2000"]) + (10 / 3600 if number % 3 == 2 else 0.0))
         for number, row in enumerate(rows[:count])
     ]
-    from xmatch_pipeline.alert_tools.synthetic import SyntheticAlertFactory
     from xmatch_pipeline.decode.avro_codec import decode_alert
+    from xmatch_pipeline.devtools.alert_tools.synthetic import SyntheticAlertFactory
 
     factory = SyntheticAlertFactory(seed=7, positions=positions)
     messages = []

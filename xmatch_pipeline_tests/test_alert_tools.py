@@ -14,15 +14,15 @@ import pytest
 from fastavro.validation import validate
 from typer.testing import CliRunner
 
-from xmatch_pipeline.alert_tools.replay import BrokerUnreachableError, replay_alerts
-from xmatch_pipeline.alert_tools.synthetic import (
+from xmatch_pipeline.cli.alerts import app
+from xmatch_pipeline.decode import decode_alert, ztf_alert_schema
+from xmatch_pipeline.devtools.alert_tools.replay import BrokerUnreachableError, replay_alerts
+from xmatch_pipeline.devtools.alert_tools.synthetic import (
     PositionsFileError,
     SyntheticAlertFactory,
     generate_alert_bytes,
     read_positions_csv,
 )
-from xmatch_pipeline.cli.alerts import app
-from xmatch_pipeline.decode import decode_alert, ztf_alert_schema
 from xmatch_pipeline_tests.pipeline_fixtures import read_committed
 
 runner = CliRunner()

@@ -16,7 +16,7 @@ from xmatch_pipeline.match.catalogs.allwise import (
     CDS_COLUMNS,
     DATABASE_COLUMNS,
 )
-from xmatch_pipeline.match.cds_response import parse_xmatch_csv
+from xmatch_pipeline.match.cds.response import parse_xmatch_csv
 from xmatch_pipeline.match.provenance import EngineIdentity, MatchProvenance
 from xmatch_pipeline_tests.pipeline_fixtures import RESPONSE_FILE, allwise_data
 

@@ -1,9 +1,11 @@
 """``xmatch_backfill`` over processed ranges: the database stays as it is, output is opt-in,
-and the live consumer group's offsets are never touched."""
+the live consumer group's offsets are never touched, and a new catalog release is matched
+again and replaces the old release's rows."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +13,22 @@ import pytest
 from dagster import DagsterInstance, ExecuteInProcessResult
 
 from xmatch_pipeline.decode.avro_codec import decode_alert
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.match import catalogs
+from xmatch_pipeline.match.catalogs import allwise
+from xmatch_pipeline.match.local.index import index_build_id
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.planning import PlannedRun
 from xmatch_pipeline.orchestration.assets import CROSSMATCH_TABLES, OUTPUT_TOPIC
 from xmatch_pipeline.orchestration.jobs import xmatch_backfill, xmatch_microbatch
 from xmatch_pipeline.orchestration.resources import XmatchResource
 from xmatch_pipeline.orchestration.sensors import run_request
-from xmatch_pipeline.run_planning import PlannedRun
 from xmatch_pipeline_tests.pipeline_fixtures import (
     JOB_RESOURCES,
     SmallStream,
+    allwise_rows,
+    build_allwise_catalog,
     drive_sensor_and_jobs,
+    fresh_database,
     group_offsets,
     pipeline_environment,
     produce_values,
@@ -241,3 +249,108 @@ def test_a_live_run_over_a_processed_range_is_refused_without_rewinding_the_grou
     assert len(read_committed(kafka_bootstrap, output)) == ALERTS
     assert _dump(fresh_database_url) == before
     assert not drive_sensor_and_jobs(xmatch, instance).runs
+
+
+NEW_RELEASE = "AllWISE (re-release for a test)"
+
+
+@pytest.fixture
+def new_allwise_release(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """ALLWISE's module declaring another release, as after an upgrade of the catalog."""
+    monkeypatch.setattr(allwise, "CATALOG", replace(allwise.CATALOG, release=NEW_RELEASE))
+    catalogs.registered_catalogs.cache_clear()
+    yield NEW_RELEASE
+    monkeypatch.undo()
+    catalogs.registered_catalogs.cache_clear()
+
+
+def _allwise_matches(database_url: str) -> dict[str, tuple[Any, ...]]:
+    rows = query(
+        database_url,
+        "SELECT oid, oid_catalog, release, engine, index_build FROM xmatch "
+        "WHERE catid = 'allwise' ORDER BY oid",
+    )
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def test_a_backfill_after_a_release_change_matches_again_and_rewrites_the_rows(
+    *,
+    stream: SmallStream,
+    shared_data_dir: Path,
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    database_url: str,
+    new_topic: Callable[..., str],
+    request: pytest.FixtureRequest,
+) -> None:
+    """Live runs store release R1 (the match cache on); a backfill with R1 serves every
+    matched object from the cache and changes nothing; after the module declares R2, over a
+    catalog whose sources have new designations, a backfill asks the engine for every
+    alert again and every row carries R2 and the new source."""
+    with fresh_database(database_url) as url:
+        live = pipeline_environment(
+            kafka_bootstrap=kafka_bootstrap,
+            database_url=url,
+            input_topic=new_topic("release-in"),
+            output_topic=new_topic("release-out"),
+            group_id=unique_group(),
+            index_dir=stream.index_dir,
+            XMATCH_CATALOGS='[{"name": "allwise"}]',
+            XMATCH_MATCH_CACHE="true",
+        )
+        topic = live["CONSUMER_TOPICS"]
+        produce_values(kafka_bootstrap, topic, stream.messages[:ALERTS])
+        instance = DagsterInstance.ephemeral()
+        assert all(
+            run.success for run in drive_sensor_and_jobs(xmatch_resource(live), instance).runs
+        )
+        first = _allwise_matches(url)
+        old_build = index_build_id(stream.index_dir)
+        matching = sum(1 for number in range(ALERTS) if number % 3 != 2)
+        assert len(first) == matching
+        assert {row[1:] for row in first.values()} == {
+            (allwise.CATALOG.release, "local", old_build)
+        }
+
+        # Same release: the stored matches are served, nothing is rewritten.
+        same = _run_backfill(
+            xmatch_resource(live), instance, topic, 0, ALERTS, produce_output=False
+        )
+        assert same.success
+        metadata = _materialization_metadata(instance)
+        assert metadata["served_from_cache"].value == matching
+        assert metadata["xmatch_updated"].value == 0
+        assert _allwise_matches(url) == first
+
+        # The new release: every source renamed, so a row served from R1 would show it.
+        renamed = [
+            row | {"AllWISE": row["AllWISE"] + "-r2"} for row in allwise_rows(shared_data_dir)
+        ]
+        new_index = build_allwise_catalog(renamed, tmp_path / "allwise-r2")
+        new_build = index_build_id(new_index)
+        assert new_build != old_build
+        request.getfixturevalue("new_allwise_release")
+        upgraded = live | {"XMATCH_LOCAL_CATALOGS": f"allwise={new_index}"}
+
+        result = _run_backfill(
+            xmatch_resource(upgraded), instance, topic, 0, ALERTS, produce_output=False
+        )
+
+        assert result.success
+        metadata = _materialization_metadata(instance)
+        assert metadata["served_from_cache"].value == 0
+        assert metadata["sent_to_engine"].value == ALERTS
+        assert metadata["xmatch_updated"].value == matching
+        second = _allwise_matches(url)
+        assert set(second) == set(first)
+        for oid, (source, release, engine, build) in second.items():
+            assert (release, engine, build) == (NEW_RELEASE, "local", new_build)
+            assert source == first[oid][0] + "-r2"
+        stored = {row[0] for row in query(url, "SELECT oid_catalog FROM allwise")}
+        assert {row[0] for row in second.values()} <= stored
+
+
+def _materialization_metadata(instance: DagsterInstance) -> dict[str, Any]:
+    """The newest materialization of the crossmatch tables' metadata."""
+    record = instance.fetch_materializations(CROSSMATCH_TABLES, limit=1).records[0]
+    return dict(record.asset_materialization.metadata)  # type: ignore[union-attr]

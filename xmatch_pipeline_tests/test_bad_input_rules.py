@@ -14,7 +14,6 @@ from typing import Any
 import fastavro
 import pytest
 
-from xmatch_pipeline.bad_input import PositionOffSkyError, sky_position
 from xmatch_pipeline.decode import (
     AlertDecodeError,
     AlertSchema,
@@ -28,9 +27,10 @@ from xmatch_pipeline.decode.schema_text import with_last_field
 from xmatch_pipeline.match.alert_matching import crossmatch_alerts
 from xmatch_pipeline.match.catalog_configuration import default_catalog
 from xmatch_pipeline.match.catalogs import allwise
-from xmatch_pipeline.match.local_index import LocalCrossmatchEngine
-from xmatch_pipeline.offset_precondition import group_start_problem
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.match.local.index import LocalCrossmatchEngine
+from xmatch_pipeline.microbatch.bad_input import PositionOffSkyError, sky_position
+from xmatch_pipeline.microbatch.offset_precondition import group_start_problem
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
 from xmatch_pipeline.publish.dead_letter import (
     DEAD_LETTER_CUT_BYTES,
     DEAD_LETTER_KEY_CUT_BYTES,

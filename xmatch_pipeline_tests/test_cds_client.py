@@ -12,28 +12,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xmatch_pipeline.cds_server import CdsXmatchServer, Fault
-from xmatch_pipeline.cds_server.faults import NEVER_SENT_ID, SLOW_BODY_PIECE_BYTES
+from xmatch_pipeline.devtools.cds_server import CdsXmatchServer, Fault
+from xmatch_pipeline.devtools.cds_server.faults import NEVER_SENT_ID, SLOW_BODY_PIECE_BYTES
 from xmatch_pipeline.match.catalog_aliases import cds_catalog_parameter, vizier_table
 from xmatch_pipeline.match.catalog_spec import CatalogSpec
 from xmatch_pipeline.match.catalogs.allwise import ALLWISE_SPEC, CDS_COLUMNS
-from xmatch_pipeline.match.cds_answer import DISTANCE_TOLERANCE_ARCSEC, checked_source_rows
-from xmatch_pipeline.match.cds_client import CdsClientSettings, CdsXmatchClient
-from xmatch_pipeline.match.cds_errors import (
+from xmatch_pipeline.match.cds.answer import DISTANCE_TOLERANCE_ARCSEC, checked_source_rows
+from xmatch_pipeline.match.cds.client import CdsClientSettings, CdsXmatchClient
+from xmatch_pipeline.match.cds.errors import (
     CdsBannedError,
     CdsRejectedError,
     CdsResponseError,
     CdsUnavailableError,
     RetryableResponseError,
 )
-from xmatch_pipeline.match.cds_response import (
+from xmatch_pipeline.match.cds.response import (
     is_html_page,
     parse_xmatch_csv,
     query_status_message,
     read_raw_table,
 )
-from xmatch_pipeline.match.cds_upload import UploadChunk, healpix_indices
-from xmatch_pipeline.match.engine import CrossmatchError
+from xmatch_pipeline.match.cds.upload import UploadChunk, healpix_indices
+from xmatch_pipeline.match.crossmatch_engine import CrossmatchError
 from xmatch_pipeline.match.unmatched import unmatched_ids
 from xmatch_pipeline_tests.pipeline_fixtures import (
     REQUEST_FILE,

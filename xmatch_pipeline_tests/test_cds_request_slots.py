@@ -22,12 +22,12 @@ import pytest
 import requests
 from sqlalchemy import Engine, create_engine
 
-from xmatch_pipeline.cds_server import CdsXmatchServer
-from xmatch_pipeline.cds_server.faults import Fault
+from xmatch_pipeline.devtools.cds_server import CdsXmatchServer
+from xmatch_pipeline.devtools.cds_server.faults import Fault
 from xmatch_pipeline.match.catalogs import allwise
-from xmatch_pipeline.match.cds_client import CdsClientSettings, CdsXmatchClient
-from xmatch_pipeline.match.cds_session import CdsSlotTimeoutError, SlotLimitedSession
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.match.cds.client import CdsClientSettings, CdsXmatchClient
+from xmatch_pipeline.match.cds.session import CdsSlotTimeoutError, SlotLimitedSession
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
 from xmatch_pipeline.settings import load_settings
 from xmatch_pipeline.store.request_slots import RequestSlots, SlotWaitTimeoutError, slot_keys
 from xmatch_pipeline.warm_services import warm_services
@@ -113,8 +113,8 @@ CLIENT_PROCESS = textwrap.dedent(
     import pandas as pd
     from sqlalchemy import create_engine
     from xmatch_pipeline.match.catalogs import allwise
-    from xmatch_pipeline.match.cds_client import CdsClientSettings, CdsXmatchClient
-    from xmatch_pipeline.match.cds_session import SlotLimitedSession
+    from xmatch_pipeline.match.cds.client import CdsClientSettings, CdsXmatchClient
+    from xmatch_pipeline.match.cds.session import SlotLimitedSession
     from xmatch_pipeline.store.request_slots import RequestSlots
 
     database_url, service, url, limit = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])

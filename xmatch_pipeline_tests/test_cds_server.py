@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from xmatch_pipeline.cds_server import FAULT_KINDS, CdsXmatchServer, Fault
-from xmatch_pipeline.cds_server.catalogs import parse_catalog_argument
+from xmatch_pipeline.devtools.cds_server import FAULT_KINDS, CdsXmatchServer, Fault
+from xmatch_pipeline.devtools.cds_server.catalogs import parse_catalog_argument
 from xmatch_pipeline.match.catalogs.allwise import CDS_COLUMNS
-from xmatch_pipeline.match.cds_response import parse_xmatch_csv, query_status_message
-from xmatch_pipeline.match.cds_upload import upload_body
+from xmatch_pipeline.match.cds.response import parse_xmatch_csv, query_status_message
+from xmatch_pipeline.match.cds.upload import upload_body
 from xmatch_pipeline_tests.pipeline_fixtures import (
     REQUEST_FILE,
     RESPONSE_FILE,

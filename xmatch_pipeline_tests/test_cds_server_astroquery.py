@@ -19,7 +19,7 @@ import requests
 from astropy.io import votable
 from astropy.table import Table
 
-from xmatch_pipeline.cds_server import CdsXmatchServer
+from xmatch_pipeline.devtools.cds_server import CdsXmatchServer
 from xmatch_pipeline.match.catalogs.allwise import CDS_COLUMNS
 from xmatch_pipeline_tests.pipeline_fixtures import REQUEST_FILE, allwise_data
 

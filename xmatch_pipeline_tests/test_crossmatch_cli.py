@@ -8,8 +8,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from xmatch_pipeline.cds_server import CdsXmatchServer
 from xmatch_pipeline.cli.main import app
+from xmatch_pipeline.devtools.cds_server import CdsXmatchServer
 from xmatch_pipeline.match.catalogs.allwise import CDS_COLUMNS
 from xmatch_pipeline_tests.pipeline_fixtures import (
     REQUEST_FILE,

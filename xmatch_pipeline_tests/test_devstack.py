@@ -17,23 +17,23 @@ from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
 from xmatch_pipeline.cli.devstack import app
-from xmatch_pipeline.devstack import (
+from xmatch_pipeline.devtools.devstack import (
     DevstackSettings,
     PortInUseError,
     PrerequisiteMissingError,
     devstack_settings,
     ensure_devstack_running,
 )
-from xmatch_pipeline.devstack.java_runtime import find_java
-from xmatch_pipeline.devstack.kafka_jars import ensure_kafka_jars
-from xmatch_pipeline.devstack.kafka_server import kafka_pid
-from xmatch_pipeline.devstack.ports import ensure_port_free
-from xmatch_pipeline.devstack.postgres_server import (
+from xmatch_pipeline.devtools.devstack.java_runtime import find_java
+from xmatch_pipeline.devtools.devstack.kafka_jars import ensure_kafka_jars
+from xmatch_pipeline.devtools.devstack.kafka_server import kafka_pid
+from xmatch_pipeline.devtools.devstack.ports import ensure_port_free
+from xmatch_pipeline.devtools.devstack.postgres_server import (
     find_postgres_bin,
     postgres_pid,
     preflight_postgres,
 )
-from xmatch_pipeline.devstack.stack import prepare_devstack_directory
+from xmatch_pipeline.devtools.devstack.stack import prepare_devstack_directory
 from xmatch_pipeline_tests.pipeline_fixtures import read_committed
 
 
@@ -144,7 +144,7 @@ def test_status_prints_settings_that_reach_both_services(devstack: DevstackSetti
 def test_status_prints_celery_urls_that_reach_our_redis(devstack: DevstackSettings):
     import redis
 
-    from xmatch_pipeline.devstack.redis_server import redis_pid
+    from xmatch_pipeline.devtools.devstack.redis_server import redis_pid
 
     result = CliRunner().invoke(app, ["status"])
 
@@ -164,7 +164,7 @@ def test_status_prints_celery_urls_that_reach_our_redis(devstack: DevstackSettin
 
 
 def test_missing_redis_without_root_names_the_package(monkeypatch):
-    from xmatch_pipeline.devstack import redis_server
+    from xmatch_pipeline.devtools.devstack import redis_server
 
     monkeypatch.setattr(redis_server, "_installed_binary", lambda: None)
     monkeypatch.setattr("os.geteuid", lambda: 1000)
@@ -310,7 +310,7 @@ def test_folder_the_postgres_account_cannot_enter_is_named(monkeypatch):
 
 def test_cluster_ids_never_look_like_an_option():
     """One id in 64 would start with '-', which Kafka's format tool rejects as an option."""
-    from xmatch_pipeline.devstack.kafka_server import _cluster_id
+    from xmatch_pipeline.devtools.devstack.kafka_server import _cluster_id
 
     ids = [_cluster_id() for _ in range(2000)]
 

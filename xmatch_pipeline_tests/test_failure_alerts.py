@@ -4,7 +4,9 @@ attempt, to a real Kafka topic and to a webhook (a local HTTP server)."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -13,10 +15,11 @@ from typing import ClassVar
 import pytest
 from dagster import DagsterEventType, DagsterInstance, build_run_status_sensor_context
 
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.failure_alerts import RunFailureAlert, send_to_webhook
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.planning import PlannedRun
 from xmatch_pipeline.orchestration.failure_sensor import report_failure
 from xmatch_pipeline.orchestration.sensors import run_request
-from xmatch_pipeline.run_planning import PlannedRun
 from xmatch_pipeline_tests.pipeline_fixtures import (
     SmallStream,
     execute_request,
@@ -126,3 +129,59 @@ def test_a_failed_run_is_sent_with_its_range_reason_and_attempt_to_kafka_and_a_w
     (message,) = read_committed(kafka_bootstrap, alerts_topic, 1)
     assert message.key == failing.key.encode()
     assert json.loads(message.value) == received[0]
+
+
+@pytest.fixture
+def trickling_webhook() -> Iterator[str]:
+    """A hook that accepts the POST and answers 204, then sends a header a byte every 0.2 s
+    for a minute: every socket read succeeds, so only a deadline on the whole exchange
+    ends it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=trickle, args=(connection,), daemon=True).start()
+
+    def trickle(connection: socket.socket) -> None:
+        with connection:
+            connection.recv(65536)
+            try:
+                connection.sendall(b"HTTP/1.1 204 No Content\r\nX-Slow: ")
+                for _ in range(300):
+                    if stop.is_set():
+                        return
+                    connection.sendall(b"a")
+                    time.sleep(0.2)
+            except OSError:
+                return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/alerts"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_a_webhook_that_answers_a_byte_at_a_time_is_given_up_at_the_deadline(
+    trickling_webhook: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    alert = RunFailureAlert("run-1", "xmatch_microbatch", "t/0/0-5", 1, "live", "boom")
+    started = time.monotonic()
+
+    delivered = send_to_webhook(alert, trickling_webhook, timeout_seconds=1.0, attempts=2)
+
+    elapsed = time.monotonic() - started
+    assert not delivered
+    # Two attempts of at most 1 s each and one 0.5 s backoff; without the deadline each
+    # attempt would wait the minute the header takes to arrive.
+    assert elapsed < 10
+    assert "no answer within 1 s" in caplog.text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xmatch_pipeline.kafka_config import KafkaClientConfig, redacted
+from xmatch_pipeline.kafka.client_config import KafkaClientConfig, redacted
 
 
 def test_plaintext_without_credentials() -> None:
@@ -51,7 +51,7 @@ def test_half_credentials_and_empty_bootstrap_are_refused() -> None:
 
 
 def test_the_pipeline_acls_name_each_role_and_the_transactional_id_prefixes() -> None:
-    from xmatch_pipeline.kafka_acls import pipeline_acls
+    from xmatch_pipeline.kafka.acls import pipeline_acls
     from xmatch_pipeline.publish.kafka_transaction import transactional_id_for
 
     grants = pipeline_acls(
@@ -87,7 +87,7 @@ def test_the_pipeline_acls_name_each_role_and_the_transactional_id_prefixes() ->
 def test_security_errors_name_the_user_the_server_and_what_to_check_never_the_password() -> None:
     from confluent_kafka import KafkaError
 
-    from xmatch_pipeline.kafka_errors import (
+    from xmatch_pipeline.kafka.errors import (
         SecurityErrorRecorder,
         authorization_failure,
     )

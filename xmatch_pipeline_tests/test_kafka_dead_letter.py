@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-from xmatch_pipeline.kafka_config import KafkaClientConfig
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.kafka.client_config import KafkaClientConfig
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
 from xmatch_pipeline.publish.dead_letter import (
     DeadLetter,
     dead_letter_topic_for,

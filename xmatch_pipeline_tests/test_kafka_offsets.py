@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from xmatch_pipeline.kafka_config import KafkaClientConfig
+from xmatch_pipeline.kafka.client_config import KafkaClientConfig
 from xmatch_pipeline.read.kafka_offsets import (
     KafkaOffsetsReader,
     KafkaUnavailableError,

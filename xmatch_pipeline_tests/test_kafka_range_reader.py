@@ -10,8 +10,8 @@ import pytest
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from xmatch_pipeline.kafka_config import KafkaClientConfig, KafkaOperationError
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.kafka.client_config import KafkaClientConfig, KafkaOperationError
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
 from xmatch_pipeline.read.kafka_range_reader import (
     KafkaRangeReader,
     OffsetsDeletedError,

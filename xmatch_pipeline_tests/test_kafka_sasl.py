@@ -2,7 +2,7 @@
 
 The devstack's broker has a SASL_SSL listener beside its PLAINTEXT one, with a certificate
 from its own CA. Each test creates its own SCRAM users through the PLAINTEXT listener (a
-super user's) and grants them the pipeline's ACLs (``kafka_acls.pipeline_acls``), then
+super user's) and grants them the pipeline's ACLs (``kafka.acls.pipeline_acls``), then
 runs the sensor and the job through Dagster with the original step's variables
 (``CONSUMER_KAFKA_USERNAME`` …). Topics are created and checked over PLAINTEXT.
 """
@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, RunRequest, serialize_value
 
-from xmatch_pipeline.devstack import DevstackSettings
-from xmatch_pipeline.devstack.kafka_security import create_scram_user, grant_acls
-from xmatch_pipeline.devstack.ports import port_accepts_connections
-from xmatch_pipeline.kafka_acls import AclGrant, pipeline_acls
-from xmatch_pipeline.kafka_errors import KafkaAuthenticationError
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.devtools.devstack import DevstackSettings
+from xmatch_pipeline.devtools.devstack.kafka_security import create_scram_user, grant_acls
+from xmatch_pipeline.devtools.devstack.ports import port_accepts_connections
+from xmatch_pipeline.kafka.acls import AclGrant, pipeline_acls
+from xmatch_pipeline.kafka.errors import KafkaAuthenticationError
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
 from xmatch_pipeline.orchestration.jobs import microbatch_run_config
 from xmatch_pipeline.orchestration.run_tags import range_tags
 from xmatch_pipeline_tests.pipeline_fixtures import (

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from xmatch_pipeline.kafka_config import KafkaClientConfig
+from xmatch_pipeline.kafka.client_config import KafkaClientConfig
 from xmatch_pipeline.read.kafka_offsets import KafkaOffsetsReader
 from xmatch_pipeline.read.topic_selection import (
     daily_topic_names,

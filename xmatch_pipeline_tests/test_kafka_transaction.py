@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from xmatch_pipeline.kafka_config import KafkaClientConfig
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.kafka.client_config import KafkaClientConfig
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
 from xmatch_pipeline.publish.kafka_transaction import (
     ProducerFencedError,
     TransactionalPublisher,

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from xmatch_pipeline.match.catalog_spec import CatalogSpec
-from xmatch_pipeline.match.local_index import (
+from xmatch_pipeline.match.local.index import (
     LocalCatalogIndex,
     LocalCrossmatchEngine,
     build_catalog_index,

@@ -3,13 +3,16 @@
 Two HATS copies of one catalog: ours (``catalog build``, one partition order) and LSDB's
 (``lsdb.from_dataframe(...).write_catalog``: a collection with mixed partition orders and a
 margin cache, as published HATS catalogs are). The engine gives the same answer on both,
-and that answer is LSDB's crossmatch of the same batch, pair for pair.
+and that answer is LSDB's crossmatch of the same batch, pair for pair. Positions on the
+partitions' edges, with sources on both sides, check the margin cache: each position reads
+its own partition and that partition's margin, and finds what a brute force finds.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +20,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy_healpix import HEALPix
 
-from xmatch_pipeline.match.catalog_build import build_catalog_index
 from xmatch_pipeline.match.catalog_spec import CatalogSpec
-from xmatch_pipeline.match.hats_catalog import HatsFormatError, open_hats_catalog
-from xmatch_pipeline.match.local_index import LocalCatalogIndex
+from xmatch_pipeline.match.local.build import build_catalog_index
+from xmatch_pipeline.match.local.hats_catalog import HatsFormatError, open_hats_catalog
+from xmatch_pipeline.match.local.healpix_partitions import containing_partitions
+from xmatch_pipeline.match.local.index import LocalCatalogIndex
+from xmatch_pipeline.match.local.partition_cache import PartitionCache
 from xmatch_pipeline.settings import SettingsError, load_settings
 
 RADIUS_ARCSEC = 5.0
@@ -95,6 +103,9 @@ def _pairs(found: pd.DataFrame, catalog_id: str = "source_id") -> pd.DataFrame:
 def test_the_lsdb_copy_has_mixed_orders_and_a_margin(lsdb_hats: Path) -> None:
     opened = open_hats_catalog(lsdb_hats)
     assert len(set(opened.orders.tolist())) > 1
+    assert opened.margin is not None
+    assert opened.margin.threshold_arcsec == 10.0
+    assert opened.margin.partitions
     assert opened.id_column is None  # LSDB names none: ties go to RA, then Dec
     assert (lsdb_hats / "collection.properties").is_file()
 
@@ -195,3 +206,107 @@ def test_settings_name_the_variable_for_a_bad_hats_directory(
         {**base, "XMATCH_LOCAL_CATALOGS": f"c={our_hats}", "XMATCH_CATALOGS": good}
     )
     assert settings.local_catalog_directories == {"c": our_hats}
+
+
+EDGE_ORDER = 2
+
+
+@pytest.fixture(scope="module")
+def edge_sky() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Positions on order-2 pixel edges in a 20° band, and sources 1-4.5″ from each of them
+    in every direction (so on both sides of the edge), plus a sparse background."""
+    rng = np.random.default_rng(21)
+    healpix = HEALPix(nside=1 << EDGE_ORDER, order="nested")
+    pixels = np.unique(healpix.lonlat_to_healpix(rng.uniform(-10, 10, 400) * u.deg,
+                                                 rng.uniform(-10, 10, 400) * u.deg))  # fmt: skip
+    lon, lat = healpix.boundaries_lonlat(pixels, step=6)
+    edge_ra = lon.to_value(u.deg).ravel()
+    edge_dec = lat.to_value(u.deg).ravel()
+    keep = np.abs(edge_dec) < 10
+    edge_ra, edge_dec = edge_ra[keep][:150], edge_dec[keep][:150]
+    per_edge = 6
+    count = len(edge_ra) * per_edge
+    near = SkyCoord(
+        np.repeat(edge_ra, per_edge) * u.deg, np.repeat(edge_dec, per_edge) * u.deg
+    ).directional_offset_by(
+        rng.uniform(0, 360, count) * u.deg, rng.uniform(1.0, 4.5, count) * u.arcsec
+    )
+    ra = np.r_[near.ra.deg, np.mod(rng.uniform(-10, 10, 3000), 360.0)]
+    dec = np.r_[near.dec.deg, rng.uniform(-10, 10, 3000)]
+    sources = pd.DataFrame(
+        {"source_id": np.arange(len(ra), dtype=np.int64) + 10**15, "ra": ra, "dec": dec}
+    )
+    positions = pd.DataFrame(
+        {"id": np.arange(len(edge_ra), dtype=np.int64), "ra": edge_ra, "dec": edge_dec}
+    )
+    return sources, positions
+
+
+@pytest.fixture(scope="module")
+def edge_hats(
+    edge_sky: tuple[pd.DataFrame, pd.DataFrame], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    import lsdb
+
+    directory = tmp_path_factory.mktemp("edges") / "c"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        catalog = lsdb.from_dataframe(
+            edge_sky[0], ra_column="ra", dec_column="dec", catalog_name="c",
+            lowest_order=EDGE_ORDER, highest_order=EDGE_ORDER, margin_threshold=10.0,
+        )  # fmt: skip
+        catalog.write_catalog(directory, progress_bar=False)
+    return directory
+
+
+def _brute_force(
+    sources: pd.DataFrame, positions: pd.DataFrame, radius_arcsec: float
+) -> list[tuple[int, int]]:
+    def sky(frame: pd.DataFrame) -> SkyCoord:
+        return SkyCoord(frame["ra"].to_numpy() * u.deg, frame["dec"].to_numpy() * u.deg)
+
+    near, found, _, _ = sky(positions).search_around_sky(sky(sources), radius_arcsec * u.arcsec)
+    ids, source_ids = positions["id"].to_numpy(), sources["source_id"].to_numpy()
+    return sorted(zip(ids[found].tolist(), source_ids[near].tolist(), strict=True))
+
+
+def test_positions_on_partition_edges_read_their_partition_and_its_margin(
+    edge_sky: tuple[pd.DataFrame, pd.DataFrame], edge_hats: Path
+) -> None:
+    sources, positions = edge_sky
+    index = LocalCatalogIndex.open(edge_hats)
+    catalog = index.catalog
+    assert catalog.margin is not None
+    assert set(catalog.orders.tolist()) == {EDGE_ORDER}
+    spec = CatalogSpec("c", ("source_id",), RADIUS_ARCSEC, "all")
+
+    found = _pairs(index.crossmatch(positions, spec))
+
+    expected = _brute_force(sources, positions, RADIUS_ARCSEC)
+    assert len(expected) >= 6 * len(positions)
+    assert list(zip(found["id"].tolist(), found["source_id"].tolist(), strict=True)) == expected
+    # Read: only the partitions the positions lie in, and their margins (negative keys).
+    _, own = containing_partitions(
+        positions["ra"], positions["dec"], catalog.orders, catalog.pixels
+    )
+    own_keys = {4 * (1 << (2 * EDGE_ORDER)) + int(catalog.pixels[p]) for p in own}
+    assert {key for key in index.cache.keys if key > 0} == own_keys
+    assert {-key for key in index.cache.keys if key < 0} <= own_keys
+    assert any(key < 0 for key in index.cache.keys)
+    # The same answer without the margin (reading every partition a disk overlaps).
+    without = LocalCatalogIndex(replace(catalog, margin=None), PartitionCache())
+    pd.testing.assert_frame_equal(found, _pairs(without.crossmatch(positions, spec)))
+
+
+def test_a_radius_wider_than_the_margin_reads_the_neighbouring_partitions(
+    edge_sky: tuple[pd.DataFrame, pd.DataFrame], edge_hats: Path
+) -> None:
+    sources, positions = edge_sky
+    index = LocalCatalogIndex.open(edge_hats)
+    spec = CatalogSpec("c", ("source_id",), 15.0, "all")
+
+    found = _pairs(index.crossmatch(positions, spec))
+
+    expected = _brute_force(sources, positions, 15.0)
+    assert list(zip(found["id"].tolist(), found["source_id"].tolist(), strict=True)) == expected
+    assert not any(key < 0 for key in index.cache.keys)

@@ -16,16 +16,16 @@ from typer.testing import CliRunner
 
 from xmatch_pipeline.cli.catalog import app as catalog_cli
 from xmatch_pipeline.match.catalog_spec import CatalogSpec
-from xmatch_pipeline.match.engine import CrossmatchEngine, CrossmatchError
-from xmatch_pipeline.match.hats_catalog import HatsFormatError, partition_path
-from xmatch_pipeline.match.healpix_partitions import covering_partitions, pixels_of
-from xmatch_pipeline.match.local_index import (
+from xmatch_pipeline.match.crossmatch_engine import CrossmatchEngine, CrossmatchError
+from xmatch_pipeline.match.local.hats_catalog import HatsFormatError, partition_path
+from xmatch_pipeline.match.local.healpix_partitions import covering_partitions, pixels_of
+from xmatch_pipeline.match.local.index import (
     CatalogBuildError,
     LocalCatalogIndex,
     LocalCrossmatchEngine,
     build_catalog_index,
 )
-from xmatch_pipeline.match.partition_cache import LoadedPartition, PartitionCache
+from xmatch_pipeline.match.local.partition_cache import LoadedPartition, PartitionCache
 from xmatch_pipeline.match.sky_geometry import chord_length, separation_arcsec, unit_vectors
 
 BIG_IDS = [1234567890123456789, 9223372036854775806, 9007199254740993]  # none fit a double

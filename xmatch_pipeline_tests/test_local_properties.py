@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from xmatch_pipeline.match.catalog_spec import CatalogSpec
-from xmatch_pipeline.match.local_index import LocalCatalogIndex, build_catalog_index
+from xmatch_pipeline.match.local.index import LocalCatalogIndex, build_catalog_index
 
 #: Pairs this close to the radius may fall either side depending on the formula.
 BOUNDARY_TOLERANCE_ARCSEC = 1e-7

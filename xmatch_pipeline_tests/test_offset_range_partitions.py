@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from dagster import AssetCheckKey, DagsterInstance
 
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.range_checks import RangeCheckBounds, RangeCounts, evaluate_range
 from xmatch_pipeline.orchestration.assets import CROSSMATCH_TABLES
 from xmatch_pipeline.orchestration.jobs import add_offset_ranges, xmatch_microbatch
 from xmatch_pipeline.orchestration.partitions import BACKFILL_TAG, OFFSET_RANGES_NAME, run_mode
-from xmatch_pipeline.range_checks import RangeCheckBounds, RangeCounts, evaluate_range
 from xmatch_pipeline_tests.pipeline_fixtures import (
     JOB_RESOURCES,
     SmallStream,

@@ -19,18 +19,18 @@ from typing import Any
 
 import pytest
 
-from xmatch_pipeline.alert_tools.synthetic import SyntheticAlertFactory
 from xmatch_pipeline.decode import decode_alert, encode_alert, schema_from_text
 from xmatch_pipeline.decode.container import read_container
 from xmatch_pipeline.decode.schema_text import with_last_field
-from xmatch_pipeline.kafka_config import KafkaClientConfig
-from xmatch_pipeline.microbatch import (
+from xmatch_pipeline.devtools.alert_tools.synthetic import SyntheticAlertFactory
+from xmatch_pipeline.kafka.client_config import KafkaClientConfig
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.report import MicrobatchReport
+from xmatch_pipeline.microbatch.runner import (
     GroupNotAtRangeStartError,
     MicrobatchError,
-    MicrobatchReport,
     MicrobatchRunner,
 )
-from xmatch_pipeline.offset_range import OffsetRange
 from xmatch_pipeline.publish.dead_letter import DEAD_LETTER_CUT_BYTES
 from xmatch_pipeline.publish.enriched_alert import appended_fields
 from xmatch_pipeline.services import PipelineServices

@@ -23,12 +23,12 @@ import pytest
 from astropy.coordinates import SkyCoord
 from dagster import DagsterInstance
 
-from xmatch_pipeline.cds_server.catalogs import ServedCatalogs
-from xmatch_pipeline.cds_server.server import CdsXmatchServer
 from xmatch_pipeline.decode.avro_codec import DecodedAlert, decode_alert
-from xmatch_pipeline.match.catalog_build import build_catalog_index
+from xmatch_pipeline.devtools.cds_server.catalogs import ServedCatalogs
+from xmatch_pipeline.devtools.cds_server.server import CdsXmatchServer
 from xmatch_pipeline.match.catalogs import allwise, gaia_dr3
-from xmatch_pipeline.match.local_index import index_build_id
+from xmatch_pipeline.match.local.build import build_catalog_index
+from xmatch_pipeline.match.local.index import index_build_id
 from xmatch_pipeline_tests.pipeline_fixtures import (
     allwise_rows,
     build_allwise_catalog,

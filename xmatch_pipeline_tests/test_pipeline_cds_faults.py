@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance
 
-from xmatch_pipeline.cds_server.catalogs import ServedCatalogs
-from xmatch_pipeline.cds_server.faults import Fault
-from xmatch_pipeline.cds_server.server import CdsXmatchServer
 from xmatch_pipeline.decode.avro_codec import decode_alert
+from xmatch_pipeline.devtools.cds_server.catalogs import ServedCatalogs
+from xmatch_pipeline.devtools.cds_server.faults import Fault
+from xmatch_pipeline.devtools.cds_server.server import CdsXmatchServer
 from xmatch_pipeline.orchestration.resources import XmatchResource
 from xmatch_pipeline_tests.pipeline_fixtures import (
     SmallStream,

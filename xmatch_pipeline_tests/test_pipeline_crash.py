@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from xmatch_pipeline.microbatch import STAGES
+from xmatch_pipeline.microbatch.runner import STAGES
 from xmatch_pipeline.store.range_ledger import RangeLedger
 from xmatch_pipeline_tests.failure_fixtures import (
     CHUNK_MESSAGES,

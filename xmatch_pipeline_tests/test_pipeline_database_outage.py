@@ -14,13 +14,13 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from xmatch_pipeline.devstack import DevstackSettings
-from xmatch_pipeline.devstack.postgres_server import (
+from xmatch_pipeline.devtools.devstack import DevstackSettings
+from xmatch_pipeline.devtools.devstack.postgres_server import (
     start_postgres,
     stop_postgres,
     wait_until_postgres_ready,
 )
-from xmatch_pipeline.microbatch import MicrobatchError, MicrobatchRunner
+from xmatch_pipeline.microbatch.runner import MicrobatchError, MicrobatchRunner
 from xmatch_pipeline.services import PipelineServices
 from xmatch_pipeline.settings import load_settings
 from xmatch_pipeline.store.errors import DatabaseUnavailableError

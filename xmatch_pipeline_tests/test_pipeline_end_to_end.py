@@ -20,9 +20,9 @@ from astropy.coordinates import SkyCoord
 from dagster import DagsterInstance
 from fastavro.schema import to_parsing_canonical_form
 
-from xmatch_pipeline.cds_server.catalogs import ServedCatalogs
-from xmatch_pipeline.cds_server.server import CdsXmatchServer
 from xmatch_pipeline.decode.avro_codec import DecodedAlert, decode_alert
+from xmatch_pipeline.devtools.cds_server.catalogs import ServedCatalogs
+from xmatch_pipeline.devtools.cds_server.server import CdsXmatchServer
 from xmatch_pipeline.match.catalogs.allwise import CDS_COLUMNS, DATABASE_COLUMNS
 from xmatch_pipeline.orchestration import run_tags
 from xmatch_pipeline.orchestration.assets import CROSSMATCH_TABLES, DEAD_LETTER_TOPIC, OUTPUT_TOPIC

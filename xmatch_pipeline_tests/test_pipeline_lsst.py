@@ -26,7 +26,6 @@ import pytest
 from astropy.coordinates import SkyCoord
 from dagster import DagsterInstance
 
-from xmatch_pipeline.alert_tools.tail import tail_summaries
 from xmatch_pipeline.decode.alert_schema import schema_from_text
 from xmatch_pipeline.decode.avro_codec import decode_alert
 from xmatch_pipeline.decode.lsst_schemas import (
@@ -35,8 +34,9 @@ from xmatch_pipeline.decode.lsst_schemas import (
     packaged_lsst_schemas,
 )
 from xmatch_pipeline.decode.wire_format import split_wire_message, wire_message
+from xmatch_pipeline.devtools.alert_tools.tail import tail_summaries
 from xmatch_pipeline.match.catalogs.allwise import CDS_COLUMNS
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
 from xmatch_pipeline.publish.dead_letter import HEADER_ERROR_TYPE, HEADER_REASON
 from xmatch_pipeline.publish.enriched_alert import XMATCHES_FIELD
 from xmatch_pipeline.publish.lsst_output import output_schema_for_fixed_id, output_subject

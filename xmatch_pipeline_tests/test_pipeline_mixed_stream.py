@@ -1,6 +1,6 @@
 """10,000 messages of mixed good and bad kinds through consecutive runs: nothing blocks.
 
-The runs are planned as the sensor plans them (``run_planning.plan_runs`` over the group's
+The runs are planned as the sensor plans them (``microbatch.planning.plan_runs`` over the group's
 lag and the range ledger) and run by the pipeline's runner on the devstack's Kafka and
 PostgreSQL, two partitions, until no lag is left. Every message must come out exactly once,
 either enriched on the output topic or on the dead-letter topic with its kind's reason;
@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from xmatch_pipeline.decode import decode_alert, encode_alert, schema_from_text
-from xmatch_pipeline.offset_range import OffsetRange
-from xmatch_pipeline.run_planning import plan_runs
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.planning import plan_runs
 from xmatch_pipeline.services import PipelineServices
 from xmatch_pipeline.settings import load_settings
 from xmatch_pipeline_tests.pipeline_fixtures import (

@@ -17,9 +17,10 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from xmatch_pipeline.devstack import DevstackSettings
-from xmatch_pipeline.microbatch import MicrobatchReport, MicrobatchRunner
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.devtools.devstack import DevstackSettings
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.report import MicrobatchReport
+from xmatch_pipeline.microbatch.runner import MicrobatchRunner
 from xmatch_pipeline.orchestration import run_tags
 from xmatch_pipeline.services import PipelineServices
 from xmatch_pipeline.settings import load_settings

@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance
 
-from xmatch_pipeline.devstack import DevstackSettings
-from xmatch_pipeline.kafka_config import KafkaOperationError
-from xmatch_pipeline.microbatch import MicrobatchRunner
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.devtools.devstack import DevstackSettings
+from xmatch_pipeline.kafka.client_config import KafkaOperationError
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.runner import MicrobatchRunner
 from xmatch_pipeline.publish.kafka_transaction import TransactionTimeouts
 from xmatch_pipeline.services import PipelineServices
 from xmatch_pipeline.settings import load_settings

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from xmatch_pipeline.devstack import DevstackSettings
+from xmatch_pipeline.devtools.devstack import DevstackSettings
 from xmatch_pipeline.orchestration.run_coordinator import (
     DEFAULT_DEQUEUE_INTERVAL_SECONDS,
     XmatchQueuedRunCoordinator,

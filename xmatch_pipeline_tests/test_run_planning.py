@@ -3,15 +3,15 @@ successor queued behind a run in flight (pipelined ranges)."""
 
 from __future__ import annotations
 
-from xmatch_pipeline.offset_range import OffsetRange
-from xmatch_pipeline.read.kafka_offsets import PartitionLag
-from xmatch_pipeline.run_planning import (
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.planning import (
     PartitionSkip,
     PlannedRun,
     plan_partition,
     plan_runs,
     planning_offset,
 )
+from xmatch_pipeline.read.kafka_offsets import PartitionLag
 from xmatch_pipeline.store.range_ledger import LedgerEntry
 
 TOPIC = "ztf_20200101_programid1"

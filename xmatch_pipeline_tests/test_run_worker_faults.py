@@ -21,10 +21,14 @@ from pathlib import Path
 import pytest
 from dagster import DagsterRun, DagsterRunStatus
 
-from xmatch_pipeline.cds_server import CdsXmatchServer
-from xmatch_pipeline.cds_server.faults import Fault
-from xmatch_pipeline.devstack import DevstackSettings
-from xmatch_pipeline.devstack.redis_server import start_redis, stop_redis, wait_until_redis_ready
+from xmatch_pipeline.devtools.cds_server import CdsXmatchServer
+from xmatch_pipeline.devtools.cds_server.faults import Fault
+from xmatch_pipeline.devtools.devstack import DevstackSettings
+from xmatch_pipeline.devtools.devstack.redis_server import (
+    start_redis,
+    stop_redis,
+    wait_until_redis_ready,
+)
 from xmatch_pipeline.orchestration import run_tags
 from xmatch_pipeline_tests.dagster_services import (
     MONITOR_INTERVAL_SECONDS,

@@ -31,12 +31,12 @@ from dagster._core.utils import make_new_run_id
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.planning import PlannedRun
 from xmatch_pipeline.orchestration import run_tags
 from xmatch_pipeline.orchestration.jobs import xmatch_backfill, xmatch_microbatch
 from xmatch_pipeline.orchestration.resources import XmatchResource
 from xmatch_pipeline.orchestration.sensors import run_request
-from xmatch_pipeline.run_planning import PlannedRun
 from xmatch_pipeline.store.range_ledger import RangeLedger
 from xmatch_pipeline.store.schema import ensure_schema
 from xmatch_pipeline_tests.failure_fixtures import read_candids

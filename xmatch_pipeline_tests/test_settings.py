@@ -220,8 +220,8 @@ def test_local_engine_settings(tmp_path: Path) -> None:
     assert "allwise=" in _problems(
         MINIMAL | {"XMATCH_ENGINE": "local", "XMATCH_LOCAL_CATALOGS": f"allwise={tmp_path}"}
     )
-    from xmatch_pipeline.match.catalog_build import build_catalog_index
     from xmatch_pipeline.match.catalogs.allwise import CDS_COLUMNS
+    from xmatch_pipeline.match.local.build import build_catalog_index
 
     source = tmp_path / "allwise.csv"
     source.write_text(",".join(CDS_COLUMNS) + "\nJ1,10.0,0.0" + ",1.0" * 14 + "\n")

@@ -89,7 +89,7 @@ def _batch(
     )
 
 
-def _contents(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+def _contents(database: Engine) -> dict[str, list[tuple[Any, ...]]]:
     """The tables as the original's readers see them: its own columns (ZTF's rows only)."""
     queries = {
         "object": "SELECT oid FROM object WHERE sid = 'ztf' ORDER BY oid",
@@ -98,7 +98,7 @@ def _contents(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
         "ORDER BY oid, catid",
         "step": "SELECT * FROM step ORDER BY step_id",
     }
-    with engine.connect() as connection:
+    with database.connect() as connection:
         return {
             table: [tuple(row) for row in connection.execute(text(statement))]
             for table, statement in queries.items()
@@ -106,21 +106,21 @@ def _contents(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
 
 
 @pytest.fixture
-def engine(schema_engine: Engine) -> Engine:
-    with schema_engine.begin() as connection:
+def database(schema_database: Engine) -> Engine:
+    with schema_database.begin() as connection:
         connection.execute(text("TRUNCATE object, allwise, xmatch, step CASCADE"))
-    return schema_engine
+    return schema_database
 
 
-def test_writing_the_same_batch_twice_changes_nothing(engine: Engine):
+def test_writing_the_same_batch_twice_changes_nothing(database: Engine):
     batch = _batch(
         ["ZTF20aaelulu", "ZTF18abcdefg", "ZTF19nomatch"],
         [_xmatch("ZTF20aaelulu", SOURCE_B, 0.046584), _xmatch("ZTF18abcdefg", SOURCE_A, 0.5)],
     )
-    with engine.begin() as connection:
+    with database.begin() as connection:
         first = write_match_batch(connection, batch)
-    contents = _contents(engine)
-    with engine.begin() as connection:
+    contents = _contents(database)
+    with database.begin() as connection:
         second = write_match_batch(connection, batch)
 
     assert first.objects == TableWriteCount(inserted=3)
@@ -131,7 +131,7 @@ def test_writing_the_same_batch_twice_changes_nothing(engine: Engine):
     assert (second.objects, second.catalogs["allwise"], second.xmatch, second.step) == (
         nothing,
     ) * 4
-    assert _contents(engine) == contents
+    assert _contents(database) == contents
     assert [row[0] for row in contents["object"]] == [
         "ZTF18abcdefg",
         "ZTF19nomatch",
@@ -139,12 +139,12 @@ def test_writing_the_same_batch_twice_changes_nothing(engine: Engine):
     ]
 
 
-def test_doubles_round_trip_exactly_and_missing_values_stay_null(engine: Engine):
-    with engine.begin() as connection:
+def test_doubles_round_trip_exactly_and_missing_values_stay_null(database: Engine):
+    with database.begin() as connection:
         write_match_batch(
             connection, _batch(["ZTF20aaelulu"], [_xmatch("ZTF20aaelulu", SOURCE_B, 0.046584)])
         )
-    with engine.connect() as connection:
+    with database.connect() as connection:
         row = (
             connection.execute(
                 text("SELECT * FROM allwise WHERE oid_catalog = :key"),
@@ -164,69 +164,69 @@ def test_doubles_round_trip_exactly_and_missing_values_stay_null(engine: Engine)
     assert dist == 0.046584
 
 
-def test_two_alerts_of_one_object_keep_the_last_match_by_offset(engine: Engine):
+def test_two_alerts_of_one_object_keep_the_last_match_by_offset(database: Engine):
     """xmatch has one row per object: the later alert's match wins, deterministically."""
     batch = _batch(
         ["ZTF20aaelulu", "ZTF20aaelulu"],
         [_xmatch("ZTF20aaelulu", SOURCE_A, 0.2), _xmatch("ZTF20aaelulu", SOURCE_B, 0.7)],
         allwise_rows=[SOURCE_A, SOURCE_B, SOURCE_A],
     )
-    with engine.begin() as connection:
+    with database.begin() as connection:
         counts = write_match_batch(connection, batch)
     assert counts.xmatch == TableWriteCount(inserted=1)
     assert counts.catalogs["allwise"] == TableWriteCount(inserted=2)
-    assert _contents(engine)["xmatch"] == [
+    assert _contents(database)["xmatch"] == [
         ("ZTF20aaelulu", "allwise", SOURCE_B["oid_catalog"], 0.7)
     ]
 
     # A later batch with another match replaces the stored one and says so.
     later = _batch(["ZTF20aaelulu"], [_xmatch("ZTF20aaelulu", SOURCE_A, 0.3)])
-    with engine.begin() as connection:
+    with database.begin() as connection:
         counts = write_match_batch(connection, later)
     assert counts.xmatch == TableWriteCount(updated=1)
-    assert _contents(engine)["xmatch"] == [
+    assert _contents(database)["xmatch"] == [
         ("ZTF20aaelulu", "allwise", SOURCE_A["oid_catalog"], 0.3)
     ]
 
 
-def test_nearest_policy_is_independent_of_batch_order(engine: Engine):
+def test_nearest_policy_is_independent_of_batch_order(database: Engine):
     near = _batch(["ZTF20aaelulu"], [_xmatch("ZTF20aaelulu", SOURCE_A, 0.2)])
     far = _batch(["ZTF20aaelulu"], [_xmatch("ZTF20aaelulu", SOURCE_B, 0.7)])
     results = []
     for order in ((near, far), (far, near)):
-        with engine.begin() as connection:
+        with database.begin() as connection:
             connection.execute(text("TRUNCATE object, allwise, xmatch, step CASCADE"))
         for batch in order:
-            with engine.begin() as connection:
+            with database.begin() as connection:
                 write_match_batch(connection, batch, keep="nearest")
-        results.append(_contents(engine)["xmatch"])
+        results.append(_contents(database)["xmatch"])
     assert results[0] == results[1] == [("ZTF20aaelulu", "allwise", SOURCE_A["oid_catalog"], 0.2)]
 
 
-def _write_then_crash(engine: Engine, batch: MatchBatchRows) -> None:
-    with engine.begin() as connection:
+def _write_then_crash(database: Engine, batch: MatchBatchRows) -> None:
+    with database.begin() as connection:
         write_match_batch(connection, batch)
         raise RuntimeError("crash after the write, before the commit")
 
 
-def test_a_rolled_back_transaction_leaves_nothing(engine: Engine):
+def test_a_rolled_back_transaction_leaves_nothing(database: Engine):
     batch = _batch(["ZTF20aaelulu"], [_xmatch("ZTF20aaelulu", SOURCE_B, 0.04)])
     with pytest.raises(RuntimeError, match="crash after the write"):
-        _write_then_crash(engine, batch)
-    assert _contents(engine) == {"object": [], "allwise": [], "xmatch": [], "step": []}
+        _write_then_crash(database, batch)
+    assert _contents(database) == {"object": [], "allwise": [], "xmatch": [], "step": []}
 
 
-def test_step_date_is_kept_when_the_step_is_unchanged(engine: Engine):
-    with engine.begin() as connection:
+def test_step_date_is_kept_when_the_step_is_unchanged(database: Engine):
+    with database.begin() as connection:
         write_match_batch(connection, _batch([], [], []))
     restarted = StepRecord(STEP.step_id, STEP.name, STEP.version, datetime.now(UTC), STEP.comments)
     upgraded = StepRecord(STEP.step_id, STEP.name, "1.1", datetime.now(UTC), STEP.comments)
-    with engine.begin() as connection:
+    with database.begin() as connection:
         unchanged = write_match_batch(connection, MatchBatchRows([], {}, [], restarted))
         assert unchanged.step == TableWriteCount()
         changed = write_match_batch(connection, MatchBatchRows([], {}, [], upgraded))
         assert changed.step == TableWriteCount(updated=1)
-    assert _contents(engine)["step"] == [
+    assert _contents(database)["step"] == [
         (STEP.step_id, STEP.name, "1.1", STEP.comments, upgraded.date)
     ]
 
@@ -254,25 +254,25 @@ def test_step_date_is_kept_when_the_step_is_unchanged(engine: Engine):
         ),
     ],
 )
-def test_bad_rows_are_refused_before_writing(engine: Engine, rows: MatchBatchRows, message: str):
-    with pytest.raises(ValueError, match=message), engine.begin() as connection:
+def test_bad_rows_are_refused_before_writing(database: Engine, rows: MatchBatchRows, message: str):
+    with pytest.raises(ValueError, match=message), database.begin() as connection:
         write_match_batch(connection, rows)
 
 
-def test_writer_refuses_to_autocommit(engine: Engine):
-    with engine.connect() as connection, pytest.raises(ValueError, match="open transaction"):
+def test_writer_refuses_to_autocommit(database: Engine):
+    with database.connect() as connection, pytest.raises(ValueError, match="open transaction"):
         write_match_batch(connection, _batch([], []))
 
 
-def test_match_cache_returns_what_was_written(engine: Engine):
+def test_match_cache_returns_what_was_written(database: Engine):
     batch = _batch(
         ["ZTF20aaelulu", "ZTF18abcdefg", "ZTF19nomatch"],
         [_xmatch("ZTF20aaelulu", SOURCE_B, 0.046584), _xmatch("ZTF18abcdefg", SOURCE_A, 0.5)],
     )
-    with engine.begin() as connection:
+    with database.begin() as connection:
         write_match_batch(connection, batch)
 
-    known = StoredMatchCache(engine).known_matches(
+    known = StoredMatchCache(database).known_matches(
         ["ZTF20aaelulu", "ZTF19nomatch", "ZTF17unknown", "ZTF18abcdefg"], allwise.CATALOG
     )
 
@@ -284,10 +284,10 @@ def test_match_cache_returns_what_was_written(engine: Engine):
     assert match.source["w4mpro"] is None
     assert match.source["j_m_2mass"] is None
     assert known["ZTF18abcdefg"].source == SOURCE_A
-    assert StoredMatchCache(engine).known_matches([], allwise.CATALOG) == {}
+    assert StoredMatchCache(database).known_matches([], allwise.CATALOG) == {}
 
 
-def test_large_batch_is_written_in_bulk_statements(engine: Engine):
+def test_large_batch_is_written_in_bulk_statements(database: Engine):
     """Thousands of rows go in a few multi-row statements, not one round trip per row."""
     count = 2500
     object_ids = [f"ZTF20bulk{index:05d}" for index in range(count)]
@@ -298,12 +298,12 @@ def test_large_batch_is_written_in_bulk_statements(engine: Engine):
     def count_statement(*arguments: object) -> None:
         statements.append(str(arguments[2]))  # (connection, cursor, statement, ...)
 
-    event.listen(engine, "before_cursor_execute", count_statement)
+    event.listen(database, "before_cursor_execute", count_statement)
     try:
-        with engine.begin() as connection:
+        with database.begin() as connection:
             counts = write_match_batch(connection, _batch(object_ids, matches, sources))
     finally:
-        event.remove(engine, "before_cursor_execute", count_statement)
+        event.remove(database, "before_cursor_execute", count_statement)
 
     assert (
         counts.objects.inserted
@@ -315,19 +315,19 @@ def test_large_batch_is_written_in_bulk_statements(engine: Engine):
     assert len(inserts) < 50, f"{len(inserts)} INSERT statements for {count} rows per table"
 
 
-def test_a_ztf_object_and_an_lsst_object_of_the_same_id_never_collide(engine: Engine):
+def test_a_ztf_object_and_an_lsst_object_of_the_same_id_never_collide(database: Engine):
     """The survey (sid) is part of the keys: one oid text, two objects, two matches."""
-    with engine.begin() as connection:
+    with database.begin() as connection:
         connection.execute(text("TRUNCATE object, allwise, xmatch, step CASCADE"))
     oid = "281323062375219201"
     ztf = _batch([oid], [_xmatch(oid, SOURCE_A, 0.2)])
     lsst = replace(_batch([oid], [_xmatch(oid, SOURCE_B, 0.7)]), survey="lsst")
     for batch in (ztf, lsst, lsst):  # the replay changes nothing
-        with engine.begin() as connection:
+        with database.begin() as connection:
             counts = write_match_batch(connection, batch, keep="nearest")
     assert counts.objects == TableWriteCount()
     assert counts.xmatch == TableWriteCount()
-    with engine.connect() as connection:
+    with database.connect() as connection:
         objects = connection.execute(text("SELECT oid, sid FROM object ORDER BY sid")).all()
         matches = connection.execute(
             text("SELECT sid, oid, oid_catalog, dist FROM xmatch ORDER BY sid")
@@ -342,8 +342,8 @@ def test_a_ztf_object_and_an_lsst_object_of_the_same_id_never_collide(engine: En
 NEW_RELEASE = "AllWISE (reprocessed)"
 
 
-def _stored_xmatch(engine: Engine) -> list[tuple[Any, ...]]:
-    with engine.connect() as connection:
+def _stored_xmatch(database: Engine) -> list[tuple[Any, ...]]:
+    with database.connect() as connection:
         return [
             tuple(row)
             for row in connection.execute(
@@ -352,28 +352,28 @@ def _stored_xmatch(engine: Engine) -> list[tuple[Any, ...]]:
         ]
 
 
-def test_nearest_wins_within_a_release_and_a_new_release_rewrites(engine: Engine):
+def test_nearest_wins_within_a_release_and_a_new_release_rewrites(database: Engine):
     oid = "ZTF20aaelulu"
-    with engine.begin() as connection:
+    with database.begin() as connection:
         write_match_batch(connection, _batch([oid], [_xmatch(oid, SOURCE_A, 0.2)]), keep="nearest")
     # The same release, farther: the nearest stays.
-    with engine.begin() as connection:
+    with database.begin() as connection:
         write_match_batch(connection, _batch([oid], [_xmatch(oid, SOURCE_B, 0.6)]), keep="nearest")
-    assert _stored_xmatch(engine) == [(oid, SOURCE_A["oid_catalog"], 0.2, ALLWISE_RELEASE)]
+    assert _stored_xmatch(database) == [(oid, SOURCE_A["oid_catalog"], 0.2, ALLWISE_RELEASE)]
     # A backfill under a new release rewrites the row, even with a farther match ...
     new = _xmatch(oid, SOURCE_B, 0.6, NEW_RELEASE)
-    with engine.begin() as connection:
+    with database.begin() as connection:
         counts = write_match_batch(connection, _batch([oid], [new]), keep="nearest")
     assert counts.xmatch == TableWriteCount(updated=1)
-    assert _stored_xmatch(engine) == [(oid, SOURCE_B["oid_catalog"], 0.6, NEW_RELEASE)]
+    assert _stored_xmatch(database) == [(oid, SOURCE_B["oid_catalog"], 0.6, NEW_RELEASE)]
     # ... and the cache serves only the configured release.
-    cache = StoredMatchCache(engine)
+    cache = StoredMatchCache(database)
     assert cache.known_matches([oid], allwise.CATALOG) == {}
     renewed = replace(allwise.CATALOG, release=NEW_RELEASE)
     assert cache.known_matches([oid], renewed)[oid].provenance.release == NEW_RELEASE
 
 
-def test_gaia_rows_keep_their_19_digit_ids_exact(engine: Engine):
+def test_gaia_rows_keep_their_19_digit_ids_exact(database: Engine):
     source_id = 6_917_528_997_577_384_320  # near the top of Gaia's range, above 2**53
     row: dict[str, object] = {
         "source_id": np.int64(source_id),
@@ -403,16 +403,16 @@ def test_gaia_rows_keep_their_19_digit_ids_exact(engine: Engine):
     batch = MatchBatchRows(
         ["ZTF20gaia"], {"gaia_dr3": [row], "allwise": [SOURCE_A]}, [link, allwise_link], STEP
     )
-    with engine.begin() as connection:
+    with database.begin() as connection:
         connection.execute(text("TRUNCATE gaia_dr3"))
         write_match_batch(connection, batch)
-    with engine.connect() as connection:
+    with database.connect() as connection:
         stored = connection.execute(text("SELECT source_id FROM gaia_dr3")).scalar_one()
     assert stored == source_id
-    known = StoredMatchCache(engine).known_matches(["ZTF20gaia"], gaia_dr3.CATALOG)
+    known = StoredMatchCache(database).known_matches(["ZTF20gaia"], gaia_dr3.CATALOG)
     assert known["ZTF20gaia"].source["source_id"] == source_id
     assert known["ZTF20gaia"].provenance.index_build == "abc"
-    with pytest.raises(ValueError, match="source_id must be an integer"), engine.begin() as c:
+    with pytest.raises(ValueError, match="source_id must be an integer"), database.begin() as c:
         write_match_batch(
             c, replace(batch, catalog_rows={"gaia_dr3": [row | {"source_id": 6.9e18}]})
         )

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import Engine, text
 
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
 from xmatch_pipeline.store.errors import (
     LedgerOwnershipError,
     OverlappingRangeError,
@@ -40,8 +40,8 @@ GROUP = "xmatch"
 
 
 @pytest.fixture
-def ledger(schema_engine: Engine) -> RangeLedger:
-    return RangeLedger(schema_engine, GROUP)
+def ledger(schema_database: Engine) -> RangeLedger:
+    return RangeLedger(schema_database, GROUP)
 
 
 @pytest.fixture
@@ -192,7 +192,7 @@ def test_backfill_ranges_may_overlap_live_and_each_other(ledger: RangeLedger, to
 
 
 def test_success_commits_with_the_batch_and_a_superseded_run_cannot_commit(
-    schema_engine: Engine, ledger: RangeLedger, topic: str
+    schema_database: Engine, ledger: RangeLedger, topic: str
 ):
     offset_range = OffsetRange(topic, 0, 0, 10)
     batch = MatchBatchRows(
@@ -205,11 +205,13 @@ def test_success_commits_with_the_batch_and_a_superseded_run_cannot_commit(
     ledger.record_started(offset_range, "live", "new-run")  # took over after stale-run died
 
     with pytest.raises(LedgerOwnershipError, match="belongs to run new-run"):
-        _persist(schema_engine, ledger, offset_range, "stale-run", batch)
-    assert _object_exists(schema_engine, "ZTF20fenced") is False, "the stale run's rows rolled back"
+        _persist(schema_database, ledger, offset_range, "stale-run", batch)
+    assert _object_exists(schema_database, "ZTF20fenced") is False, (
+        "the stale run's rows rolled back"
+    )
 
-    _persist(schema_engine, ledger, offset_range, "new-run", batch)
-    assert _object_exists(schema_engine, "ZTF20fenced") is True
+    _persist(schema_database, ledger, offset_range, "new-run", batch)
+    assert _object_exists(schema_database, "ZTF20fenced") is True
     entry = ledger.entry(offset_range)
     assert entry is not None
     assert (entry.status, entry.run_id, entry.alerts_in) == ("succeeded", "new-run", 1)
@@ -222,21 +224,21 @@ def test_finishing_a_range_never_started_is_refused(ledger: RangeLedger, topic: 
 
 
 def _persist(
-    engine: Engine,
+    database: Engine,
     ledger: RangeLedger,
     offset_range: OffsetRange,
     run_id: str,
     batch: MatchBatchRows,
 ) -> None:
-    with engine.begin() as connection:
+    with database.begin() as connection:
         write_match_batch(connection, batch)
         ledger.record_succeeded(
             offset_range, "live", run_id, RangeCounts(1, 0), connection=connection
         )
 
 
-def _object_exists(engine: Engine, oid: str) -> bool:
-    with engine.connect() as connection:
+def _object_exists(database: Engine, oid: str) -> bool:
+    with database.connect() as connection:
         found = connection.execute(text("SELECT 1 FROM object WHERE oid = :oid"), {"oid": oid})
         return found.first() is not None
 
@@ -269,16 +271,16 @@ def test_two_overlapping_ranges_started_at_once_admit_exactly_one(ledger: RangeL
 
 
 def test_two_consumer_groups_hold_the_same_partition_at_once(
-    schema_engine: Engine, ledger: RangeLedger, topic: str
+    schema_database: Engine, ledger: RangeLedger, topic: str
 ):
     """Deployments with different groups sharing a database each read every partition."""
-    other = RangeLedger(schema_engine, "xmatch-staging")
+    other = RangeLedger(schema_database, "xmatch-staging")
     with ledger.hold_partition(topic, 0, run_id="production-run"):
         assert not other.is_partition_held(topic, 0)
         with other.hold_partition(topic, 0, run_id="staging-run") as hold:
             assert hold.still_held()
             assert ledger.is_partition_held(topic, 0)
-            same_group = RangeLedger(schema_engine, GROUP)
+            same_group = RangeLedger(schema_database, GROUP)
             with (
                 pytest.raises(PartitionBusyError, match="production-run"),
                 same_group.hold_partition(topic, 0),
@@ -287,9 +289,9 @@ def test_two_consumer_groups_hold_the_same_partition_at_once(
 
 
 def test_two_consumer_groups_record_overlapping_live_ranges_independently(
-    schema_engine: Engine, ledger: RangeLedger, topic: str
+    schema_database: Engine, ledger: RangeLedger, topic: str
 ):
-    other = RangeLedger(schema_engine, "xmatch-staging")
+    other = RangeLedger(schema_database, "xmatch-staging")
     ledger.record_started(OffsetRange(topic, 0, 0, 100), "live", "production-run")
     same_range = other.record_started(OffsetRange(topic, 0, 0, 100), "live", "staging-run")
     assert (same_range.attempts, same_range.run_id) == (1, "staging-run"), "not a retry"

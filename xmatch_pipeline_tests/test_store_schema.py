@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine, create_engine, inspect, text
 
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
 from xmatch_pipeline.store.errors import OverlappingRangeError, SchemaError
 from xmatch_pipeline.store.range_ledger import RangeLedger
 from xmatch_pipeline.store.schema import ensure_schema
@@ -18,40 +18,40 @@ EXPECTED_TABLES = {"object", "allwise", "xmatch", "step", "offset_range_ledger"}
 
 
 @pytest.fixture(scope="module")
-def empty_engine(fresh_database_url: str) -> Iterator[Engine]:
-    engine = create_engine(fresh_database_url)
-    yield engine
-    engine.dispose()
+def empty_database(fresh_database_url: str) -> Iterator[Engine]:
+    database = create_engine(fresh_database_url)
+    yield database
+    database.dispose()
 
 
 def test_schema_created_concurrently_by_two_sessions_and_again(
-    fresh_database_url: str, empty_engine: Engine
+    fresh_database_url: str, empty_database: Engine
 ):
-    engines = [create_engine(fresh_database_url) for _ in range(2)]
-    barrier = threading.Barrier(len(engines))
+    databases = [create_engine(fresh_database_url) for _ in range(2)]
+    barrier = threading.Barrier(len(databases))
     failures: list[BaseException] = []
 
-    def create(engine: Engine) -> None:
+    def create(database: Engine) -> None:
         try:
             barrier.wait(timeout=10)
-            ensure_schema(engine)
+            ensure_schema(database)
         except BaseException as error:  # the thread must report any failure
             failures.append(error)
 
-    threads = [threading.Thread(target=create, args=(engine,)) for engine in engines]
+    threads = [threading.Thread(target=create, args=(database,)) for database in databases]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
-    for engine in engines:
-        engine.dispose()
+    for database in databases:
+        database.dispose()
     assert failures == []
 
-    ensure_schema(empty_engine)  # a second call on an existing schema changes nothing
+    ensure_schema(empty_database)  # a second call on an existing schema changes nothing
 
-    inspector = inspect(empty_engine)
+    inspector = inspect(empty_database)
     assert set(inspector.get_table_names()) >= EXPECTED_TABLES
-    with empty_engine.connect() as connection:
+    with empty_database.connect() as connection:
         extensions = connection.execute(text("SELECT extname FROM pg_extension")).scalars()
         assert "btree_gist" in set(extensions)
         columns = connection.execute(
@@ -67,15 +67,15 @@ def test_schema_created_concurrently_by_two_sessions_and_again(
     assert inspector.get_pk_constraint("object")["constrained_columns"] == ["oid", "sid"]
 
 
-def test_existing_real_columns_are_refused_with_the_fix(empty_engine: Engine):
+def test_existing_real_columns_are_refused_with_the_fix(empty_database: Engine):
     """A legacy allwise table in REAL would round positions; the error says how to convert."""
-    with empty_engine.begin() as connection:
+    with empty_database.begin() as connection:
         connection.execute(text("CREATE SCHEMA legacy"))
         connection.execute(
             text("CREATE TABLE legacy.allwise (oid_catalog text PRIMARY KEY, ra real, dec real)")
         )
     legacy = create_engine(
-        empty_engine.url, connect_args={"options": "-c search_path=legacy,public"}
+        empty_database.url, connect_args={"options": "-c search_path=legacy,public"}
     )
     try:
         with pytest.raises(SchemaError, match=r"allwise\.ra, allwise\.dec are REAL") as raised:
@@ -83,7 +83,7 @@ def test_existing_real_columns_are_refused_with_the_fix(empty_engine: Engine):
     finally:
         legacy.dispose()
     assert "ALTER TABLE allwise ALTER COLUMN ra TYPE double precision" in str(raised.value)
-    with empty_engine.connect() as connection:
+    with empty_database.connect() as connection:
         legacy_tables = connection.execute(
             text("SELECT table_name FROM information_schema.tables WHERE table_schema = 'legacy'")
         ).scalars()
@@ -162,10 +162,10 @@ CREATE TABLE offset_range_ledger (
 
 
 def test_a_ledger_without_consumer_group_is_refused_with_a_migration_that_works(
-    empty_engine: Engine,
+    empty_database: Engine,
 ):
     """Its rows' group is unknown to the pipeline, so the operator migrates it as told."""
-    with empty_engine.begin() as connection:
+    with empty_database.begin() as connection:
         connection.execute(text("CREATE EXTENSION IF NOT EXISTS btree_gist"))
         connection.execute(text("CREATE SCHEMA before_groups"))
         connection.execute(text("SET LOCAL search_path = before_groups, public"))
@@ -177,7 +177,7 @@ def test_a_ledger_without_consumer_group_is_refused_with_a_migration_that_works(
             )
         )
     legacy = create_engine(
-        empty_engine.url, connect_args={"options": "-c search_path=before_groups,public"}
+        empty_database.url, connect_args={"options": "-c search_path=before_groups,public"}
     )
     try:
         with pytest.raises(

@@ -18,13 +18,13 @@ from dagster import DagsterInstance
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from xmatch_pipeline.cds_server import CdsXmatchServer
-from xmatch_pipeline.cds_server.faults import Fault
-from xmatch_pipeline.match.cds_client import CdsXmatchClient
-from xmatch_pipeline.match.local_index import LocalCrossmatchEngine
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.devtools.cds_server import CdsXmatchServer
+from xmatch_pipeline.devtools.cds_server.faults import Fault
+from xmatch_pipeline.match.cds.client import CdsXmatchClient
+from xmatch_pipeline.match.local.index import LocalCrossmatchEngine
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.planning import PlannedRun
 from xmatch_pipeline.orchestration.sensors import run_request
-from xmatch_pipeline.run_planning import PlannedRun
 from xmatch_pipeline.services import PipelineServices
 from xmatch_pipeline.settings import load_settings
 from xmatch_pipeline.store.match_cache import StoredMatchCache
@@ -132,7 +132,7 @@ def test_runs_in_one_process_reuse_the_clients_and_a_failed_run_leaves_nothing_b
     assert database.pool.checkedout() == 0  # type: ignore[attr-defined]
     assert _open_transactions(fresh_database_url) == 0
     # The match cache is a query, not state carried from run to run.
-    assert vars(StoredMatchCache(database)) == {"_engine": database}
+    assert vars(StoredMatchCache(database)) == {"_database": database}
 
     candids = read_candids(kafka_bootstrap, output)
     assert len(candids) == len(set(candids)) == 3 * RUN_SIZE

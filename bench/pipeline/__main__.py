@@ -28,7 +28,7 @@ from bench.pipeline.measure import Surroundings, measure, measure_parallel
 from bench.pipeline.report import write_plot, write_report
 from bench.pipeline.stats import load_average, machine
 from bench.pipeline.workload import PROJECT_ROOT, AlertCache, catalog_index
-from xmatch_pipeline.devstack import ensure_devstack_running
+from xmatch_pipeline.devtools.devstack import ensure_devstack_running
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
 from xmatch_pipeline.settings import PipelineSettings, load_settings
 
 METHODS = ("job", "job_cold", "runner", "passthrough", "naive")

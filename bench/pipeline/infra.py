@@ -19,7 +19,7 @@ from confluent_kafka.cimpl import NewTopic
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
-from xmatch_pipeline.devstack import DevstackSettings
+from xmatch_pipeline.devtools.devstack import DevstackSettings
 
 ADMIN_TIMEOUT_SECONDS = 30.0
 

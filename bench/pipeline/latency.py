@@ -41,7 +41,7 @@ from bench.pipeline.infra import (
 )
 from bench.pipeline.workload import CACHE_DIR, MAX_ALERTS, PROJECT_ROOT, AlertCache
 from xmatch_pipeline.decode.container import read_container
-from xmatch_pipeline.devstack import DevstackSettings
+from xmatch_pipeline.devtools.devstack import DevstackSettings
 
 SENSOR_INTERVAL_SECONDS = 5
 DAEMON_READY_TIMEOUT_SECONDS = 180

@@ -18,7 +18,7 @@ from bench.pipeline.infra import (
     unique_name,
 )
 from bench.pipeline.workload import PROJECT_ROOT
-from xmatch_pipeline.devstack import DevstackSettings
+from xmatch_pipeline.devtools.devstack import DevstackSettings
 
 CHILD_TIMEOUT_SECONDS = 1800
 

@@ -19,8 +19,8 @@ import psycopg2  # type: ignore[import-untyped]
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from xmatch_pipeline.match.catalogs import allwise
-from xmatch_pipeline.match.local_index import LocalCrossmatchEngine
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.match.local.index import LocalCrossmatchEngine
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
 from xmatch_pipeline.publish.enriched_alert import xmatches_field
 from xmatch_pipeline.settings import PipelineSettings
 

@@ -12,11 +12,12 @@ METHOD_NOTES = [
     "## What is measured",
     "",
     "- Data: synthetic ZTF 3.3 alerts (~69 kB each: embedded schema, three cutouts, "
-    "4-27 previous candidates) from `xmatch_pipeline.alert_tools`, positions uniform in four "
-    "ZTF-like 47 deg² fields; an ALLWISE-like index (`build_catalog_index`, all 17 CDS "
-    "columns) of ~1.02 M sources: a counterpart ~0.3″ away for 40 % of the alerts plus "
-    "1 M background sources, so ~40 % of alerts match, as around stars. All measurements "
-    "read the same input topic (one partition, no compression, loaded once per harness run).",
+    "4-27 previous candidates) from `xmatch_pipeline.devtools.alert_tools`, positions "
+    "uniform in four ZTF-like 47 deg² fields; an ALLWISE-like index "
+    "(`build_catalog_index`, all 17 CDS columns) of ~1.02 M sources: a counterpart ~0.3″ "
+    "away for 40 % of the alerts plus 1 M background sources, so ~40 % of alerts match, "
+    "as around stars. All measurements read the same input topic (one partition, no "
+    "compression, loaded once per harness run).",
     "- Every measurement runs in a fresh process with its own new database (created on "
     "the devstack's PostgreSQL, tables created beforehand, dropped afterwards), consumer "
     "group and output topic (deleted afterwards). The clock starts after the imports (a "

@@ -78,7 +78,7 @@ def _catalog_table() -> pa.Table:
 
 def catalog_index(cache_dir: Path = CACHE_DIR) -> Path:
     """The ALLWISE-like HATS catalog (built once, ~1 M rows); returns its directory."""
-    from xmatch_pipeline.match.catalog_build import build_catalog_index
+    from xmatch_pipeline.match.local.build import build_catalog_index
 
     index_dir = cache_dir / "allwise_hats"
     if (index_dir / "properties").exists():
@@ -107,7 +107,7 @@ class AlertCache:
 
     def ensure(self, count: int) -> None:
         """Generate whatever of the first ``count`` alerts is not on disk yet."""
-        from xmatch_pipeline.alert_tools.synthetic import generate_alert_bytes
+        from xmatch_pipeline.devtools.alert_tools.synthetic import generate_alert_bytes
 
         have = self.cached()
         if have >= count:

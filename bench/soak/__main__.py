@@ -60,8 +60,8 @@ from bench.soak.summary import (
     memory_growth,
     update_benchmarks_report,
 )
-from xmatch_pipeline.devstack import DevstackSettings, ensure_devstack_running
-from xmatch_pipeline.kafka_config import KafkaClientConfig, KafkaOperationError
+from xmatch_pipeline.devtools.devstack import DevstackSettings, ensure_devstack_running
+from xmatch_pipeline.kafka.client_config import KafkaClientConfig, KafkaOperationError
 from xmatch_pipeline.read.kafka_offsets import KafkaOffsetsReader
 
 KEPT_DAEMON_LOG = CACHE_DIR / "last-soak-daemon.log"

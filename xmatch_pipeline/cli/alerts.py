@@ -31,8 +31,8 @@ BootstrapOption = Annotated[
 @app.command("inspect")
 def inspect_command(paths: PathsArgument) -> None:
     """One JSON line per alert: objectId, candid, ra, dec, schemavsn; exit 1 if any unreadable."""
-    from xmatch_pipeline.alert_tools.summary import summary_json_line
     from xmatch_pipeline.decode import AlertDecodeError, decode_alert
+    from xmatch_pipeline.devtools.alert_tools.summary import summary_json_line
     from xmatch_pipeline.read.alert_files import AlertFileError, expand_alert_paths, read_alert_file
 
     try:
@@ -62,7 +62,7 @@ def default_bootstrap() -> str:
     configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if configured:
         return configured
-    from xmatch_pipeline.devstack import devstack_settings
+    from xmatch_pipeline.devtools.devstack import devstack_settings
 
     return devstack_settings().kafka_bootstrap_servers
 
@@ -80,7 +80,7 @@ def replay_command(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from xmatch_pipeline.alert_tools.replay import (
+    from xmatch_pipeline.devtools.alert_tools.replay import (
         BrokerUnreachableError,
         count_alert_inputs,
         replay_alerts,
@@ -144,7 +144,7 @@ def generate_command(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from xmatch_pipeline.alert_tools.synthetic import (
+    from xmatch_pipeline.devtools.alert_tools.synthetic import (
         PositionsFileError,
         read_positions_csv,
         write_synthetic_alerts,
@@ -196,7 +196,7 @@ def tail_command(
     """Print the first committed alerts of a topic (read_committed): ids and xmatches."""
     from confluent_kafka import KafkaException
 
-    from xmatch_pipeline.alert_tools.tail import tail_lines
+    from xmatch_pipeline.devtools.alert_tools.tail import tail_lines
 
     try:
         for line in tail_lines(bootstrap or default_bootstrap(), topic, count):

@@ -62,7 +62,7 @@ def build_command(
     ] = None,
 ) -> None:
     """Build a HATS catalog that the local engine, ``cds-server`` and LSDB can read."""
-    from xmatch_pipeline.match.catalog_build import CatalogBuildError, build_catalog_index
+    from xmatch_pipeline.match.local.build import CatalogBuildError, build_catalog_index
 
     missing = [str(path) for path in inputs if not path.is_file()]
     if missing:

@@ -31,13 +31,13 @@ def cds_server_command(
     ] = None,
 ) -> None:
     """Serve local catalog indexes over CDS XMatch's sync protocol (``/xmatch/api/v1/sync``)."""
-    from xmatch_pipeline.cds_server import (
+    from xmatch_pipeline.devtools.cds_server import (
         CdsXmatchServer,
         Fault,
         ServedCatalogs,
         parse_catalog_argument,
     )
-    from xmatch_pipeline.match.hats_catalog import HatsFormatError
+    from xmatch_pipeline.match.local.hats_catalog import HatsFormatError
 
     try:
         faults = [Fault.from_text(text) for text in fault or []]

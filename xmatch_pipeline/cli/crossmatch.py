@@ -76,7 +76,7 @@ def crossmatch_command(
     import pandas as pd
 
     from xmatch_pipeline.match.catalog_spec import CatalogSpec
-    from xmatch_pipeline.match.engine import CrossmatchError
+    from xmatch_pipeline.match.crossmatch_engine import CrossmatchError
 
     if not input_file.is_file():
         typer.echo(f"error: input file not found: {input_file}", err=True)
@@ -162,7 +162,7 @@ def _match_locally(
     selection: SelectionName,
 ) -> pd.DataFrame:
     from xmatch_pipeline.match.catalog_spec import CatalogSpec
-    from xmatch_pipeline.match.local_index import LocalCatalogIndex, LocalCrossmatchEngine
+    from xmatch_pipeline.match.local.index import LocalCatalogIndex, LocalCrossmatchEngine
 
     if not directory.is_dir():
         raise ValueError(f"--catalog {directory}: not a directory (the local engine needs one)")
@@ -184,7 +184,7 @@ def _match_with_cds(
     chunk_rows: int,
     deadline_seconds: float,
 ) -> pd.DataFrame:
-    from xmatch_pipeline.match.cds_client import (
+    from xmatch_pipeline.match.cds.client import (
         DEFAULT_CDS_XMATCH_URL,
         CdsClientSettings,
         CdsXmatchClient,
@@ -203,7 +203,7 @@ def _write_output(path: Path, table: pd.DataFrame, id_col: str, matches: pd.Data
     where an input column has the name); in input order, nearest first."""
     import numpy as np
 
-    from xmatch_pipeline.cds_server.protocol import format_value
+    from xmatch_pipeline.devtools.cds_server.protocol import format_value
 
     input_columns = list(table.columns)
     catalog_columns = [column for column in matches.columns if column not in ("id", "angDist")]

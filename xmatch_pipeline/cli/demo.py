@@ -38,7 +38,7 @@ def _wait_for_port(host: str, port: int, seconds: float) -> bool:
 
 
 def _input_topic_messages(bootstrap: str, topic: str) -> int:
-    from xmatch_pipeline.kafka_config import KafkaClientConfig
+    from xmatch_pipeline.kafka.client_config import KafkaClientConfig
     from xmatch_pipeline.read.kafka_offsets import KafkaOffsetsReader
 
     reader = KafkaOffsetsReader(KafkaClientConfig(bootstrap), DEMO_GROUP)
@@ -73,9 +73,9 @@ def demo_command(
     ] = "cds",
 ) -> None:
     """Run the pipeline locally on sample alerts, with the Dagster UI on --port."""
-    from xmatch_pipeline.alert_tools.replay import replay_alerts
-    from xmatch_pipeline.demo import prepare_demo_data
-    from xmatch_pipeline.devstack import DevstackError, ensure_devstack_running
+    from xmatch_pipeline.devtools.alert_tools.replay import replay_alerts
+    from xmatch_pipeline.devtools.demo import prepare_demo_data
+    from xmatch_pipeline.devtools.devstack import DevstackError, ensure_devstack_running
 
     if engine not in ("cds", "local"):
         raise typer.BadParameter("--engine must be cds or local")

@@ -8,7 +8,7 @@ import time
 
 import typer
 
-from xmatch_pipeline.devstack import (
+from xmatch_pipeline.devtools.devstack import (
     DevstackError,
     check_health,
     devstack_settings,

@@ -26,7 +26,7 @@ def samples_command(
     diaObjectId."""
     from confluent_kafka import KafkaError, Message, Producer
 
-    from xmatch_pipeline.alert_tools.lsst_samples import sample_alerts
+    from xmatch_pipeline.devtools.alert_tools.lsst_samples import sample_alerts
 
     address = bootstrap or default_bootstrap()
     samples = sample_alerts()

@@ -22,7 +22,7 @@ import pandas as pd
 from xmatch_pipeline.match.catalog_configuration import ConfiguredCatalog
 from xmatch_pipeline.match.catalog_definition import CatalogDefinition
 from xmatch_pipeline.match.catalog_rows import ANGULAR_DISTANCE, cds_values, plain_value
-from xmatch_pipeline.match.engine import CrossmatchEngine
+from xmatch_pipeline.match.crossmatch_engine import CrossmatchEngine
 from xmatch_pipeline.match.provenance import MatchProvenance
 from xmatch_pipeline.match.sky_geometry import separation_arcsec
 from xmatch_pipeline.store.match_cache import KnownMatch

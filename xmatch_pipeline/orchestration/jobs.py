@@ -3,7 +3,7 @@ sensor, or reprocessed in backfill mode by a Dagster backfill over its partition
 ``xmatch_backfill`` (explicit ranges in one run, the scripted way of the same backfill
 mode) and ``add_offset_ranges`` (ranges never planned live, added as partitions).
 
-The ops stay thin: every decision and every write is in ``xmatch_pipeline.microbatch``.
+The ops stay thin: every decision and every write is in ``xmatch_pipeline.microbatch.runner``.
 The read → decode → match → store → publish stages run inside one op because the two
 transactions (PostgreSQL, then Kafka with the offsets) must straddle all of them, and
 because streaming the range chunk by chunk keeps memory flat instead of holding a whole
@@ -31,10 +31,10 @@ from dagster import (
 )
 from pydantic import Field
 
-from xmatch_pipeline.kafka_config import KafkaOperationError
-from xmatch_pipeline.microbatch import MicrobatchReport
-from xmatch_pipeline.offset_precondition import group_start_problem
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.kafka.client_config import KafkaOperationError
+from xmatch_pipeline.microbatch.offset_precondition import group_start_problem
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.report import MicrobatchReport
 from xmatch_pipeline.orchestration import run_tags
 from xmatch_pipeline.orchestration.metadata import lag_metadata, run_materializations
 from xmatch_pipeline.orchestration.partitions import OFFSET_RANGES, OFFSET_RANGES_NAME, run_mode

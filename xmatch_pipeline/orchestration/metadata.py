@@ -7,9 +7,9 @@ from typing import Any
 
 from dagster import AssetMaterialization, FloatMetadataValue, MetadataValue
 
-from xmatch_pipeline.microbatch import MicrobatchReport
+from xmatch_pipeline.microbatch.range_checks import duplicate_count
+from xmatch_pipeline.microbatch.report import MicrobatchReport
 from xmatch_pipeline.orchestration.assets import CROSSMATCH_TABLES, DEAD_LETTER_TOPIC, OUTPUT_TOPIC
-from xmatch_pipeline.range_checks import duplicate_count
 from xmatch_pipeline.read.kafka_offsets import PartitionLag
 
 

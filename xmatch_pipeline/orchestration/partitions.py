@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from dagster import DynamicPartitionsDefinition
 
-from xmatch_pipeline.microbatch import RunMode
+from xmatch_pipeline.microbatch.report import RunMode
 
 OFFSET_RANGES_NAME = "offset_ranges"
 OFFSET_RANGES = DynamicPartitionsDefinition(name=OFFSET_RANGES_NAME)

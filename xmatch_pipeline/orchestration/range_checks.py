@@ -1,4 +1,4 @@
-"""The range checks (``xmatch_pipeline.range_checks``) as Dagster asset checks on
+"""The range checks (``xmatch_pipeline.microbatch.range_checks``) as Dagster asset checks on
 ``postgres/allwise_xmatch``: every microbatch run evaluates them for its range's partition,
 and each can also be executed from the UI, where it re-evaluates the asset's latest
 materialization."""
@@ -16,10 +16,7 @@ from dagster import (
     asset_check,
 )
 
-from xmatch_pipeline.microbatch import MicrobatchReport
-from xmatch_pipeline.orchestration.assets import CROSSMATCH_TABLES
-from xmatch_pipeline.orchestration.resources import XmatchResource
-from xmatch_pipeline.range_checks import (
+from xmatch_pipeline.microbatch.range_checks import (
     CHECK_NAMES,
     CheckName,
     RangeCheckBounds,
@@ -28,6 +25,9 @@ from xmatch_pipeline.range_checks import (
     duplicate_count,
     evaluate_range,
 )
+from xmatch_pipeline.microbatch.report import MicrobatchReport
+from xmatch_pipeline.orchestration.assets import CROSSMATCH_TABLES
+from xmatch_pipeline.orchestration.resources import XmatchResource
 from xmatch_pipeline.read.kafka_offsets import PartitionLag
 
 _DESCRIPTIONS: dict[CheckName, str] = {

@@ -1,7 +1,7 @@
 """Run tags: what the UI filters on, and what Dagster's queue limits per partition."""
 
-from xmatch_pipeline.offset_range import OffsetRange
-from xmatch_pipeline.run_planning import partition_key
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.planning import partition_key
 
 TOPIC = "xmatch/topic"
 PARTITION = "xmatch/partition"

@@ -1,7 +1,7 @@
 """``kafka_lag_sensor``: reads offsets (never messages) and requests one run per lagging
 partition, and while a partition's run is in flight, its successor (queued behind it by
 the one-run-per-partition limit). The planning rules are in
-``xmatch_pipeline.run_planning``."""
+``xmatch_pipeline.microbatch.planning``."""
 
 import json
 from collections.abc import Mapping
@@ -24,7 +24,9 @@ from dagster import (
     sensor,
 )
 
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.kafka.partition_id import PartitionId
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.planning import PlannedRun, plan_runs
 from xmatch_pipeline.orchestration import run_tags
 from xmatch_pipeline.orchestration.assets import INPUT_TOPICS
 from xmatch_pipeline.orchestration.jobs import (
@@ -35,7 +37,6 @@ from xmatch_pipeline.orchestration.jobs import (
 from xmatch_pipeline.orchestration.partitions import BACKFILL_TAG, OFFSET_RANGES_NAME
 from xmatch_pipeline.orchestration.resources import XmatchResource
 from xmatch_pipeline.read.kafka_offsets import PartitionLag
-from xmatch_pipeline.run_planning import PartitionKey, PlannedRun, plan_runs
 
 UNFINISHED_STATUSES = [
     DagsterRunStatus.QUEUED,
@@ -46,7 +47,7 @@ UNFINISHED_STATUSES = [
 ]
 
 
-def _backfill_partitions(run_config: Mapping[str, Any]) -> set[PartitionKey]:
+def _backfill_partitions(run_config: Mapping[str, Any]) -> set[PartitionId]:
     """The partitions a backfill run was launched over, from its config (it has no tags)."""
     op_config = run_config.get("ops", {}).get("backfill_offset_ranges", {}).get("config", {})
     return {
@@ -69,11 +70,11 @@ def _tagged_range(tags: Mapping[str, str]) -> OffsetRange | None:
         return None
 
 
-def runs_in_flight(instance: DagsterInstance) -> dict[PartitionKey, list[OffsetRange | None]]:
+def runs_in_flight(instance: DagsterInstance) -> dict[PartitionId, list[OffsetRange | None]]:
     """The ranges of every queued or running run per partition: live runs by their tags,
     backfills (ranges unknown to the planner: None) by their tags or the ranges in their
     config."""
-    in_flight: dict[PartitionKey, list[OffsetRange | None]] = {}
+    in_flight: dict[PartitionId, list[OffsetRange | None]] = {}
     for job_name in (xmatch_microbatch.name, xmatch_backfill.name):
         runs = instance.get_runs(
             filters=RunsFilter(job_name=job_name, statuses=UNFINISHED_STATUSES)

@@ -28,20 +28,19 @@ from typing import Any, Literal, TypeVar
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from xmatch_pipeline.closing import ClosedOnExit
-from xmatch_pipeline.kafka_config import KafkaClientConfig, KafkaOperationError
-from xmatch_pipeline.kafka_errors import (
+from xmatch_pipeline.kafka.client_config import KafkaClientConfig, KafkaOperationError
+from xmatch_pipeline.kafka.errors import (
     AUTHORIZATION_CODES,
     SecurityErrorRecorder,
     authorization_failure,
 )
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.kafka.partition_id import PartitionId
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
 
 logger = logging.getLogger(__name__)
 
 Compression = Literal["zstd", "lz4", "gzip", "snappy", "none"]
 Headers = Sequence[tuple[str, bytes]]
-PartitionId = tuple[str, int]
-"""``(topic, partition)``."""
 
 _T = TypeVar("_T")
 

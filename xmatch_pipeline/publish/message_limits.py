@@ -24,7 +24,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
-from xmatch_pipeline.kafka_config import KafkaClientConfig
+from xmatch_pipeline.kafka.client_config import KafkaClientConfig
 
 logger = logging.getLogger(__name__)
 

@@ -37,17 +37,16 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     OffsetSpec,
 )
 
-from xmatch_pipeline.kafka_config import KafkaClientConfig, KafkaOperationError
-from xmatch_pipeline.kafka_errors import (
+from xmatch_pipeline.kafka.client_config import KafkaClientConfig, KafkaOperationError
+from xmatch_pipeline.kafka.errors import (
     AUTHORIZATION_CODES,
     SecurityErrorRecorder,
     authorization_failure,
 )
+from xmatch_pipeline.kafka.partition_id import PartitionId
 
 logger = logging.getLogger(__name__)
 
-PartitionId = tuple[str, int]
-"""``(topic, partition)``."""
 
 _T = TypeVar("_T")
 

@@ -30,13 +30,13 @@ from confluent_kafka import (
 )
 
 from xmatch_pipeline.closing import ClosedOnExit
-from xmatch_pipeline.kafka_config import KafkaClientConfig, KafkaOperationError
-from xmatch_pipeline.kafka_errors import (
+from xmatch_pipeline.kafka.client_config import KafkaClientConfig, KafkaOperationError
+from xmatch_pipeline.kafka.errors import (
     AUTHORIZATION_CODES,
     SecurityErrorRecorder,
     authorization_failure,
 )
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
 
 logger = logging.getLogger(__name__)
 

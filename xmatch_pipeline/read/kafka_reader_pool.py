@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 
-from xmatch_pipeline.kafka_config import KafkaClientConfig
+from xmatch_pipeline.kafka.client_config import KafkaClientConfig
 from xmatch_pipeline.read.kafka_range_reader import KafkaRangeReader
 
 

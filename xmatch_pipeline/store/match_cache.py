@@ -39,8 +39,8 @@ class KnownMatch:
 class StoredMatchCache:
     """Stored matches by object id, for every stored catalog."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, database: Engine) -> None:
+        self._database = database
 
     def known_matches(
         self,
@@ -75,7 +75,7 @@ class StoredMatchCache:
             .where(xmatch_table.c.release == catalog.release)
             .where(xmatch_table.c.sid == survey)
         )
-        with self._engine.connect() as connection:
+        with self._database.connect() as connection:
             for first in range(0, len(wanted), LOOKUP_CHUNK):
                 chunk = wanted[first : first + LOOKUP_CHUNK]
                 rows = connection.execute(query.where(xmatch_table.c.oid.in_(chunk))).all()

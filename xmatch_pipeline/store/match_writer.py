@@ -116,7 +116,7 @@ def write_match_batch(
     """Upsert objects, catalog rows, xmatch rows and the step row in the open transaction."""
     if not connection.in_transaction():
         raise ValueError(
-            "write_match_batch needs an open transaction (use engine.begin() or "
+            "write_match_batch needs an open transaction (use database.begin() or "
             "connection.begin()) so the batch and its ledger entry commit together"
         )
     if keep not in ("latest", "nearest"):

@@ -30,7 +30,7 @@ from sqlalchemy import Connection, Engine, Row, and_, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
-from xmatch_pipeline.offset_range import OffsetRange
+from xmatch_pipeline.microbatch.offset_range import OffsetRange
 from xmatch_pipeline.store.advisory_keys import advisory_key, split_key
 from xmatch_pipeline.store.errors import (
     LedgerOwnershipError,
@@ -119,10 +119,10 @@ class RangeLedger:
     """The guard and ledger of one consumer group over one database (advisory locks are per
     database)."""
 
-    def __init__(self, engine: Engine, consumer_group: str) -> None:
+    def __init__(self, database: Engine, consumer_group: str) -> None:
         if not consumer_group:
             raise ValueError("the range ledger needs a consumer group id, got an empty one")
-        self._engine = engine
+        self._database = database
         self.consumer_group = consumer_group
 
     @contextmanager
@@ -137,10 +137,10 @@ class RangeLedger:
         """
         key = self._lock_key(topic, partition)
         try:
-            connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            connection = self._database.connect().execution_options(isolation_level="AUTOCOMMIT")
         except OperationalError as error:
             raise database_unavailable(
-                self._engine.url, f"holding partition {topic}[{partition}]", error
+                self._database.url, f"holding partition {topic}[{partition}]", error
             ) from error
         try:
             if run_id is not None:
@@ -204,7 +204,7 @@ class RangeLedger:
             },
         ).returning(*ledger.c)
         try:
-            with self._engine.begin() as connection:
+            with self._database.begin() as connection:
                 # Two speculative inserts checked by one exclusion constraint can deadlock
                 # each other; queueing the partition's starts makes the loser see the
                 # overlap instead.
@@ -247,7 +247,7 @@ class RangeLedger:
         if connection is not None:
             updated = self._finish(connection, offset_range, mode, run_id, values)
         else:
-            with self._engine.begin() as own_connection:
+            with self._database.begin() as own_connection:
                 updated = self._finish(own_connection, offset_range, mode, run_id, values)
         if not updated:
             raise LedgerOwnershipError(self._ownership_message(offset_range, mode, run_id))
@@ -266,13 +266,13 @@ class RangeLedger:
             "finished_at": func.clock_timestamp(),
             "updated_at": func.clock_timestamp(),
         }
-        with self._engine.begin() as connection:
+        with self._database.begin() as connection:
             return self._finish(connection, offset_range, mode, run_id, values)
 
     def entry(self, offset_range: OffsetRange, mode: LedgerMode = "live") -> LedgerEntry | None:
         """The ledger entry of exactly this range, if any."""
         _check_mode(mode)
-        with self._engine.connect() as connection:
+        with self._database.connect() as connection:
             row = connection.execute(
                 select(ledger).where(self._key_matches(offset_range, mode))
             ).first()
@@ -283,7 +283,7 @@ class RangeLedger:
     ) -> LedgerEntry | None:
         """The latest entry of a range starting at ``start`` (whatever its end)."""
         _check_mode(mode)
-        with self._engine.connect() as connection:
+        with self._database.connect() as connection:
             row = connection.execute(
                 select(ledger)
                 .where(
@@ -300,7 +300,7 @@ class RangeLedger:
     ) -> list[LedgerEntry]:
         """Unfinished ranges of the partition, lowest offsets first: what the sensor must settle."""
         _check_mode(mode)
-        with self._engine.connect() as connection:
+        with self._database.connect() as connection:
             rows = connection.execute(
                 select(ledger)
                 .where(
@@ -341,7 +341,7 @@ class RangeLedger:
         )
 
     def _overlapping_live_ranges(self, offset_range: OffsetRange) -> list[str]:
-        with self._engine.connect() as connection:
+        with self._database.connect() as connection:
             rows = connection.execute(
                 select(ledger)
                 .where(
@@ -394,7 +394,7 @@ class RangeLedger:
 
     def _lock_holder(self, key: int) -> Row[Any] | None:
         classid, objid = split_key(key)
-        with self._engine.connect() as connection:
+        with self._database.connect() as connection:
             return connection.execute(
                 text(
                     "SELECT activity.pid, activity.application_name, activity.client_addr "

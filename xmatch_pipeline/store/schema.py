@@ -41,7 +41,7 @@ VERSION_TABLE: Final = "xmatch_pipeline_schema_version"
 """Where the applied revision is recorded (set in ``migrations/env.py`` too)."""
 
 
-def ensure_schema(engine: Engine) -> None:
+def ensure_schema(database: Engine) -> None:
     """Create the extension, apply the migrations not yet applied, and check what was there.
 
     Tables that existed before (made by the pipeline before it had migrations, or by the
@@ -50,9 +50,9 @@ def ensure_schema(engine: Engine) -> None:
     :class:`DatabaseUnavailableError`.
     """
     try:
-        connection = engine.connect()
+        connection = database.connect()
     except OperationalError as error:
-        raise database_unavailable(engine.url, "preparing the schema", error) from error
+        raise database_unavailable(database.url, "preparing the schema", error) from error
     with connection, connection.begin():
         connection.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
         _ensure_extension(connection)

@@ -1,0 +1,1 @@
+"""Kafka plumbing shared by reading and publishing: client settings, security, ACLs, errors."""
