@@ -229,8 +229,14 @@ def write_report(
         f"{'' if rows == 10_000_000 else f' --rows {rows}'}` on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
-        f"- Machine: {_machine()}. **Loaded**: other jobs ran at the same time (load average "
-        f"{load} during the runs), so times are upper bounds and spreads are wide.",
+        f"- Machine: {_machine()}. Load average {load} during the runs (1-minute; "
+        f"{os.cpu_count()} cores): "
+        + (
+            "quiet, nothing else measured at the same time."
+            if float(load.rsplit("-", maxsplit=1)[-1]) < 1.5
+            else "**loaded**: other jobs ran at the same time, so times are upper bounds "
+            "and spreads are wide."
+        ),
         f"- Catalog: {rows:,} synthetic sources uniform on the sphere "
         "(`bench.crossmatch_engines`'s), "
         f"{partitions} in both layouts. Batch: {batch:,} ZTF-like positions (four 47 deg² "
@@ -349,7 +355,8 @@ def write_docs_section(report: str) -> None:
     text = DOCS_FILE.read_text()
     if DOCS_HEADING in text:
         start = text.index(DOCS_HEADING)
-        following = [i for i in (text.find("\n## ", start + 1), text.find(SECTION_START, start))
+        # The next section: a heading, or another benchmark's start marker before one.
+        following = [i for i in (text.find("\n## ", start + 1), text.find("\n<!-- ", start))
                      if i != -1]  # fmt: skip
         end = min(following) + 1 if following else len(text)
         text = text[:start] + section + text[end:].lstrip("\n")

@@ -70,9 +70,16 @@ def covering_partitions(
     (order, pixel) and must not overlap. Pairs are unique and sorted by partition index,
     then position index. Sky that no partition covers is simply not touched.
     """
-    positions, fine_pixels, order = _disk_cover(ra_deg, dec_deg, radius_arcsec)
-    if positions.size == 0 or partition_pixels.size == 0:
+    candidates, present, order = _disk_cover(ra_deg, dec_deg, radius_arcsec)
+    count = candidates.shape[1]
+    if count == 0 or partition_pixels.size == 0:
         return np.empty(0, np.int64), np.empty(0, np.int64)
+    if order >= int(partition_orders.max()):
+        return _cover_by_finer_pixels(
+            candidates, present, order, partition_orders, partition_pixels
+        )
+    positions = np.broadcast_to(np.arange(count, dtype=np.int64), candidates.shape)[present]
+    fine_pixels = candidates[present]
     # Compare pixels as ranges of order-`depth` pixels: a partition of order k is the range
     # [p << 2(depth - k), (p + 1) << 2(depth - k)), and so is each disk's fine pixel.
     depth = max(order, int(partition_orders.max()))
@@ -91,9 +98,36 @@ def covering_partitions(
         np.cumsum(counts) - counts, counts
     )
     pair_partitions = by_start[np.repeat(first, counts) + offsets].astype(np.int64)
-    count = np.asarray(ra_deg).size
     keys = np.unique(pair_partitions * count + pair_positions)
     return keys % count, keys // count
+
+
+def _cover_by_finer_pixels(
+    candidates: IntArray,
+    present: npt.NDArray[np.bool_],
+    order: int,
+    partition_orders: IntArray,
+    partition_pixels: IntArray,
+) -> tuple[IntArray, IntArray]:
+    """``covering_partitions`` when the disks' pixels are no coarser than any partition, the
+    usual case: each pixel then lies in at most one partition, found by one search, and the
+    nine pixels of a disk (mostly in one partition) are deduplicated per disk, not globally."""
+    count = candidates.shape[1]
+    shifts = 2 * (order - partition_orders)
+    starts = partition_pixels << shifts
+    by_start = np.argsort(starts, kind="stable")
+    starts = starts[by_start]
+    ends = (partition_pixels[by_start] + 1) << shifts[by_start]
+    slot = np.maximum(np.searchsorted(starts, candidates, side="right") - 1, 0)
+    inside = present & (candidates >= starts[slot]) & (candidates < ends[slot])
+    partitions = np.where(inside, by_start[slot], -1)
+    partitions.sort(axis=0)
+    keep = partitions >= 0
+    keep[1:] &= partitions[1:] != partitions[:-1]
+    positions = np.broadcast_to(np.arange(count, dtype=np.int64), candidates.shape)[keep]
+    pair_partitions = partitions[keep].astype(np.int64)
+    by_pair = np.argsort(pair_partitions * count + positions, kind="stable")
+    return positions[by_pair], pair_partitions[by_pair]
 
 
 def containing_partitions(
@@ -124,8 +158,9 @@ def containing_partitions(
 
 def _disk_cover(
     ra_deg: npt.ArrayLike, dec_deg: npt.ArrayLike, radius_arcsec: float
-) -> tuple[IntArray, IntArray, int]:
-    """(position index, pixel) pairs at one order whose pixels together cover each disk."""
+) -> tuple[IntArray, npt.NDArray[np.bool_], int]:
+    """Nine pixels at one order (centre and neighbours, one column per position) that
+    together cover each disk, which of them exist, and the order."""
     ra = np.asarray(ra_deg, dtype=np.float64)
     count = ra.size
     order = neighbour_order(radius_arcsec)
@@ -135,9 +170,7 @@ def _disk_cover(
             healpix.neighbours(centres, nside_of(order), order="nested"), dtype=np.int64
         )
     candidates = np.vstack((centres[np.newaxis, :], neighbours.reshape(8, count)))
-    position_index = np.broadcast_to(np.arange(count, dtype=np.int64), candidates.shape)
-    present = candidates >= 0  # -1 marks the missing neighbour at 3-pixel corners
-    return position_index[present], candidates[present], order
+    return candidates, candidates >= 0, order  # -1 marks the missing neighbour at 3-pixel corners
 
 
 def pixel_runs(sorted_pixels: npt.NDArray[np.int64]) -> list[tuple[int, int, int]]:
