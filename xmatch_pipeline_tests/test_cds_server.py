@@ -242,5 +242,11 @@ def test_cds_server_command_serves_until_interrupted(allwise_index: Path) -> Non
     finally:
         process.send_signal(signal.SIGINT)
         # Generous: on a loaded machine the interpreter's exit (its imported libraries'
-        # clean-up) took over 10 s once; the exit itself is what is checked.
-        process.wait(timeout=60)
+        # clean-up) took over 10 s once; the exit itself is what is checked. The pipes are
+        # drained meanwhile (a full stderr pipe would block the exit it waits for).
+        try:
+            _, errors = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, errors = process.communicate()
+            pytest.fail(f"cds-server still running 60 s after SIGINT; stderr:\n{errors[-3000:]}")

@@ -148,10 +148,13 @@ class CdsXmatchServer:
         self._http.serve_forever()
 
     def stop(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
+        # shutdown() waits for a serve loop to end, so only for the background thread's:
+        # after serve_forever() in this thread has returned (or was interrupted) there is
+        # no loop to wait for, and waiting could block the exit for ever.
         if self._thread is not None:
+            self._http.shutdown()
             self._thread.join(timeout=5)
+        self._http.server_close()
 
     def __enter__(self) -> CdsXmatchServer:
         return self.start()

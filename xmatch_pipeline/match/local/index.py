@@ -275,14 +275,16 @@ def _unique_pixel(order: int, pixel: int) -> int:
     return 4 * (1 << (2 * order)) + pixel
 
 
-#: The HATS files that describe a catalog's content: its properties (row count, columns,
-#: release) and its partitions.
-BUILD_ID_FILES = ("properties", "partition_info.csv")
+#: The HATS files that describe a catalog's content: its properties (row count, columns),
+#: its partitions, and the Parquet footers of every file (rows, sizes and each column's
+#: min/max per row group), so that other rows in the same partitions give another id.
+BUILD_ID_FILES = ("properties", "partition_info.csv", "dataset/_metadata")
 
 
 def index_build_id(directory: Path) -> str:
-    """The build id of a HATS catalog: a digest of its properties and partition info, so a
-    rebuilt catalog with other rows or partitions gets another id."""
+    """The build id of a HATS catalog: a digest of ``BUILD_ID_FILES`` (those present), so a
+    catalog rebuilt with other rows or partitions gets another id, and the same rows the
+    same id."""
     digest = hashlib.sha256()
     for name in BUILD_ID_FILES:
         path = Path(directory) / name
