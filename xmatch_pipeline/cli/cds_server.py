@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated
 
 import typer
@@ -52,6 +53,10 @@ def cds_server_command(
         raise typer.Exit(code=1) from error
     names = ", ".join(served.name for served in catalogs.catalogs)
     typer.echo(f"serving {names} at {server.url} (faults: {server.base_url}/_faults)")
+    # Ctrl-C (and SIGTERM) stop it even where SIGINT was ignored on the way in: a background
+    # job of a script inherits SIGINT ignored, and Python then installs no handler for it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
