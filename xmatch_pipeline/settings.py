@@ -274,15 +274,6 @@ class CdsSettings(SettingsGroup):
         )
 
 
-def _credentials_pair(prefix: str, info: ValidationInfo, password: SecretStr | None) -> None:
-    username = info.data.get(f"{prefix.lower()}_kafka_username")
-    if (username is None) != (password is None):
-        raise ValueError(
-            f"{prefix}_KAFKA_USERNAME and {prefix}_KAFKA_PASSWORD go together "
-            "(SASL_SSL with SCRAM-SHA-512): set both or neither"
-        )
-
-
 _GROUPS = ("input_topics", "database", "step", "cds")
 
 
@@ -505,22 +496,18 @@ class PipelineSettings(SettingsGroup):
             )
         return value
 
-    @field_validator("consumer_kafka_password")
+    @field_validator("consumer_kafka_password", "producer_kafka_password", "metrics_kafka_password")
     @classmethod
-    def _consumer_pair(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        _credentials_pair("CONSUMER", info, value)
-        return value
-
-    @field_validator("producer_kafka_password")
-    @classmethod
-    def _producer_pair(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        _credentials_pair("PRODUCER", info, value)
-        return value
-
-    @field_validator("metrics_kafka_password")
-    @classmethod
-    def _metrics_pair(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        _credentials_pair("METRICS", info, value)
+    def _credentials_pair(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        """Each client's SASL username and password come together (CONSUMER_, PRODUCER_,
+        METRICS_); the username is declared just above its password."""
+        prefix = str(info.field_name).removesuffix("_kafka_password")
+        if (info.data.get(f"{prefix}_kafka_username") is None) != (value is None):
+            upper = prefix.upper()
+            raise ValueError(
+                f"{upper}_KAFKA_USERNAME and {upper}_KAFKA_PASSWORD go together "
+                "(SASL_SSL with SCRAM-SHA-512): set both or neither"
+            )
         return value
 
     @field_validator("kafka_ssl_ca_location")

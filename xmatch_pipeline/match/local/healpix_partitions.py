@@ -75,19 +75,13 @@ def covering_partitions(
     if count == 0 or partition_pixels.size == 0:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     if order >= int(partition_orders.max()):
-        return _cover_by_finer_pixels(
-            candidates, present, order, partition_orders, partition_pixels
-        )
+        return _cover_by_finer_pixels(candidates, order, partition_orders, partition_pixels)
     positions = np.broadcast_to(np.arange(count, dtype=np.int64), candidates.shape)[present]
     fine_pixels = candidates[present]
     # Compare pixels as ranges of order-`depth` pixels: a partition of order k is the range
     # [p << 2(depth - k), (p + 1) << 2(depth - k)), and so is each disk's fine pixel.
     depth = max(order, int(partition_orders.max()))
-    shifts = 2 * (depth - partition_orders)
-    starts = partition_pixels << shifts
-    ends = (partition_pixels + 1) << shifts
-    by_start = np.argsort(starts, kind="stable")
-    starts, ends = starts[by_start], ends[by_start]
+    by_start, starts, ends = _partition_ranges(depth, partition_orders, partition_pixels)
     query_start = fine_pixels << (2 * (depth - order))
     query_end = (fine_pixels + 1) << (2 * (depth - order))
     first = np.searchsorted(ends, query_start, side="right")
@@ -103,24 +97,15 @@ def covering_partitions(
 
 
 def _cover_by_finer_pixels(
-    candidates: IntArray,
-    present: npt.NDArray[np.bool_],
-    order: int,
-    partition_orders: IntArray,
-    partition_pixels: IntArray,
+    candidates: IntArray, order: int, partition_orders: IntArray, partition_pixels: IntArray
 ) -> tuple[IntArray, IntArray]:
     """``covering_partitions`` when the disks' pixels are no coarser than any partition, the
     usual case: each pixel then lies in at most one partition, found by one search, and the
     nine pixels of a disk (mostly in one partition) are deduplicated per disk, not globally."""
     count = candidates.shape[1]
-    shifts = 2 * (order - partition_orders)
-    starts = partition_pixels << shifts
-    by_start = np.argsort(starts, kind="stable")
-    starts = starts[by_start]
-    ends = (partition_pixels[by_start] + 1) << shifts[by_start]
-    slot = np.maximum(np.searchsorted(starts, candidates, side="right") - 1, 0)
-    inside = present & (candidates >= starts[slot]) & (candidates < ends[slot])
-    partitions = np.where(inside, by_start[slot], -1)
+    partitions = _holding_partitions(
+        candidates, _partition_ranges(order, partition_orders, partition_pixels)
+    )
     partitions.sort(axis=0)
     keep = partitions >= 0
     keep[1:] &= partitions[1:] != partitions[:-1]
@@ -145,15 +130,35 @@ def containing_partitions(
     if ra.size == 0 or partition_pixels.size == 0:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     depth = int(partition_orders.max())
-    fine = pixels_of(ra, dec_deg, depth)
+    held = _holding_partitions(
+        pixels_of(ra, dec_deg, depth), _partition_ranges(depth, partition_orders, partition_pixels)
+    )
+    inside = np.flatnonzero(held >= 0).astype(np.int64)
+    return inside, held[inside].astype(np.int64)
+
+
+PartitionRanges = tuple[IntArray, IntArray, IntArray]
+
+
+def _partition_ranges(
+    depth: int, partition_orders: IntArray, partition_pixels: IntArray
+) -> PartitionRanges:
+    """Each partition as the range [start, end) of order-``depth`` pixels it holds (a pixel p
+    of order k is [p << 2(depth - k), (p + 1) << 2(depth - k))): the partitions' indices in
+    order of start, and the sorted starts and ends (partitions do not overlap)."""
     shifts = 2 * (depth - partition_orders)
-    starts = partition_pixels << shifts
-    by_start = np.argsort(starts, kind="stable")
-    starts = starts[by_start]
-    ends = (partition_pixels[by_start] + 1) << shifts[by_start]
-    slot = np.searchsorted(starts, fine, side="right") - 1
-    inside = (slot >= 0) & (fine < ends[np.maximum(slot, 0)])
-    return np.flatnonzero(inside).astype(np.int64), by_start[slot[inside]].astype(np.int64)
+    by_start = np.argsort(partition_pixels << shifts, kind="stable")
+    pixels, shifts = partition_pixels[by_start], shifts[by_start]
+    return by_start, pixels << shifts, (pixels + 1) << shifts
+
+
+def _holding_partitions(pixels: IntArray, ranges: PartitionRanges) -> IntArray:
+    """Index of the partition holding each pixel of the ranges' depth; -1 where none does
+    (and for -1, astropy-healpix's missing neighbour)."""
+    by_start, starts, ends = ranges
+    slot = np.maximum(np.searchsorted(starts, pixels, side="right") - 1, 0)
+    inside = (pixels >= starts[slot]) & (pixels < ends[slot])
+    return np.where(inside, by_start[slot], -1)
 
 
 def _disk_cover(
