@@ -1,5 +1,6 @@
-"""The run queue's sub-second dequeue interval, and the launcher connected before the first
-launch (orchestration/run_coordinator.py)."""
+"""The run queue's sub-second dequeue interval, the launch at submission of a run the queue
+would start at once, and the launcher connected before the first launch
+(orchestration/run_coordinator.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+from dagster import DagsterRun
+from dagster._core.run_coordinator.queued_run_coordinator import RunQueueConfig
 
 from xmatch_pipeline.devtools.devstack import DevstackSettings
 from xmatch_pipeline.orchestration.run_coordinator import (
     DEFAULT_DEQUEUE_INTERVAL_SECONDS,
     XmatchQueuedRunCoordinator,
     dequeue_interval,
+    launches_at_once,
 )
 from xmatch_pipeline_tests.conftest import PROJECT_ROOT
 
@@ -30,6 +34,51 @@ def test_no_interval_is_dagsters_default() -> None:
 def test_an_interval_that_is_not_a_positive_number_is_refused(value: object) -> None:
     with pytest.raises(ValueError, match="dequeue_interval_seconds must be a number"):
         dequeue_interval(value)
+
+
+ONE_PER_PARTITION = [
+    {"key": "xmatch/partition_key", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+]
+
+
+def _run(partition: str) -> DagsterRun:
+    """A run of one partition (the decision reads tags only: which list it is in says
+    whether it is in progress or queued)."""
+    return DagsterRun(job_name="xmatch_microbatch", tags={"xmatch/partition_key": partition})
+
+
+def _queue(max_concurrent_runs: int = 4) -> RunQueueConfig:
+    return RunQueueConfig(max_concurrent_runs, ONE_PER_PARTITION)
+
+
+def test_a_run_of_a_free_partition_with_a_free_slot_is_launched_at_once() -> None:
+    other_running = [_run("ztf:1")]
+    assert launches_at_once(_run("ztf:0"), other_running, [], _queue())
+
+
+def test_a_successor_waits_behind_its_partitions_run_in_progress() -> None:
+    running = [_run("ztf:0")]
+    assert not launches_at_once(_run("ztf:0"), running, [], _queue())
+
+
+def test_a_run_queued_for_the_same_partition_keeps_its_place() -> None:
+    waiting = [_run("ztf:0")]
+    assert not launches_at_once(_run("ztf:0"), [], waiting, _queue())
+
+
+def test_no_slot_left_under_the_fleets_limit_means_the_queue() -> None:
+    running = [_run(f"ztf:{p}") for p in range(4)]
+    assert not launches_at_once(_run("ztf:9"), running, [], _queue(4))
+    assert launches_at_once(_run("ztf:9"), running, [], _queue(-1))  # Dagster's "no limit"
+
+
+def test_queued_runs_the_next_pass_would_launch_take_the_free_slots_first() -> None:
+    running = [_run("ztf:0"), _run("ztf:1")]
+    launchable = [_run("ztf:2"), _run("ztf:3")]
+    assert not launches_at_once(_run("ztf:9"), running, launchable, _queue(4))
+    # Queued successors held by their own partition's run take no slot from it.
+    held = [_run("ztf:0"), _run("ztf:1")]
+    assert launches_at_once(_run("ztf:9"), running, held, _queue(4))
 
 
 def test_the_queue_limits_and_retries_are_dagsters_own() -> None:
