@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import hats  # noqa: F401
 import pytest
 
 from xmatch_pipeline.devtools.devstack import DevstackSettings, ensure_devstack_running

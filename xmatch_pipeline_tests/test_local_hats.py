@@ -11,6 +11,9 @@ its own partition and that partition's margin, and finds what a brute force find
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -169,6 +172,49 @@ def test_a_directory_without_properties_or_partitions_is_refused(
     (tmp_path / "properties").write_text((our_hats / "properties").read_text())
     with pytest.raises(HatsFormatError, match="no partition info"):
         open_hats_catalog(tmp_path)
+
+
+def test_opening_a_catalog_leaves_hats_out_of_the_process(our_hats: Path, tmp_path: Path) -> None:
+    """hats and what it brings (numba, mocpy, matplotlib) live in the metadata helper only,
+    not in the process that matches (a worker's); the helper's refusals arrive as they are.
+    (This test process has hats loaded, conftest.py, so it reads metadata itself.)"""
+    broken = tmp_path / "broken"
+    shutil.copytree(our_hats, broken)
+    for name in ("properties", "hats.properties"):
+        text = (broken / name).read_text()
+        (broken / name).write_text(text.replace("hats_col_dec=dec", "hats_col_dec=DEJ2000"))
+    heavy = ("hats", "numba", "mocpy", "matplotlib")
+    script = (
+        "import sys\n"
+        "from xmatch_pipeline.match.local.hats_catalog import HatsFormatError\n"
+        "from xmatch_pipeline.match.local.index import LocalCatalogIndex\n"
+        f"index = LocalCatalogIndex.open({str(our_hats)!r})\n"
+        "try:\n"
+        f"    LocalCatalogIndex.open({str(broken)!r})\n"
+        "except HatsFormatError as error:\n"
+        "    print(error)\n"
+        f"print(len(index.catalog.orders), [m for m in {heavy!r} if m in sys.modules])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    refusal, summary = done.stdout.strip().splitlines()
+    assert refusal == f"{broken}: column 'DEJ2000' named by properties is absent"
+    partitions, imported = summary.split(maxsplit=1)
+    assert int(partitions) == len(open_hats_catalog(our_hats).orders) > 1
+    assert imported == "[]"
+
+
+def test_a_catalog_changed_in_place_is_read_again(our_hats: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "c"
+    shutil.copytree(our_hats, copy)
+    assert open_hats_catalog(copy).ra_column == "ra"
+    for name in ("properties", "hats.properties"):  # catalog build writes both names
+        properties = (copy / name).read_text()
+        (copy / name).write_text(properties.replace("hats_col_ra=ra", "hats_col_ra=RAJ2000"))
+    with pytest.raises(HatsFormatError, match="'RAJ2000' named by properties is absent"):
+        open_hats_catalog(copy)
 
 
 def test_settings_name_the_variable_for_a_bad_hats_directory(

@@ -11,6 +11,14 @@ when it has one: per partition, the rows of the neighbouring partitions within t
 threshold of it, so a position near an edge reads its own partition and that partition's
 margin instead of two to four whole partitions.
 
+The ``hats`` library is imported only in a short-lived helper process that reads the
+metadata and hands it back (pickled; it is our own code on both ends): importing it brings
+numba, mocpy and matplotlib along, ~117 MB of RSS that every long-lived worker process would
+otherwise carry for the rest of its life, for metadata read once. The helper costs a process
+start and hats' import (~2 s) once per catalog and process; the answer is kept while the
+catalog's metadata files are unchanged. A process that has imported hats already reads the
+metadata itself.
+
 A directory that is not a HATS catalog, or whose partitions cannot be listed, raises
 ``HatsFormatError`` naming what is missing, so a wrong ``XMATCH_LOCAL_CATALOGS`` stops the
 load instead of every run.
@@ -18,6 +26,11 @@ load instead of every run.
 
 from __future__ import annotations
 
+import functools
+import os
+import pickle
+import subprocess
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +46,20 @@ SPATIAL_INDEX_COLUMN = "_healpix_29"
 ID_COLUMN_PROPERTY = "xmatch_col_id"
 PROPERTIES_FILE = "properties"
 PARTITION_INFO_FILE = "partition_info.csv"
+#: The files whose change means the metadata must be read again.
+METADATA_FILES = (
+    PROPERTIES_FILE,
+    "hats.properties",
+    "collection.properties",
+    PARTITION_INFO_FILE,
+    "dataset/_metadata",
+    "dataset/_common_metadata",
+)
+#: How long the helper may take to read a catalog's metadata (hats' import included).
+METADATA_READ_TIMEOUT_SECONDS = 300.0
+#: The helper's exit status for "not a usable HATS catalog" (its message is on stderr).
+FORMAT_ERROR_STATUS = 3
+HELPER_MODULE = "xmatch_pipeline.match.local.hats_helper"
 
 
 class HatsFormatError(ValueError):
@@ -120,11 +147,63 @@ def partition_path(directory: Path, order: int, pixel: int, npix_suffix: str = "
 
 def open_hats_catalog(directory: Path) -> HatsCatalog:
     """Read a HATS catalog's metadata (no partition is read); ``HatsFormatError`` if unusable."""
+    directory = Path(directory)
+    _check_layout(directory)
+    return _read_in_helper(directory.resolve(), _metadata_signature(directory))
+
+
+def _metadata_signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    """Size and modification time of the metadata files present: a catalog rebuilt in place
+    is read again, an unchanged one is not."""
+    signature = []
+    for name in METADATA_FILES:
+        try:
+            stat = (directory / name).stat()
+        except OSError:
+            continue
+        signature.append((name, stat.st_size, stat.st_mtime_ns))
+    return tuple(signature)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_in_helper(directory: Path, _signature: tuple[tuple[str, int, int], ...]) -> HatsCatalog:
+    """``read_with_hats`` in a child process, so that this one never imports hats; in this
+    process where hats is loaded already (``catalog build``, LSDB), as nothing is saved."""
+    if "hats" in sys.modules:
+        return read_with_hats(directory)
+    command = [sys.executable, "-m", HELPER_MODULE, str(directory)]
+    try:
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            timeout=METADATA_READ_TIMEOUT_SECONDS,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            check=False,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise HatsFormatError(
+            f"{directory}: reading the HATS catalog's metadata took more than "
+            f"{METADATA_READ_TIMEOUT_SECONDS:g} s; is the file system answering?"
+        ) from error
+    if done.returncode == FORMAT_ERROR_STATUS:
+        raise HatsFormatError(done.stderr.decode(errors="replace").strip())
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"the process reading the HATS catalog {directory} failed (exit status "
+            f"{done.returncode}): {done.stderr.decode(errors='replace')[-2000:]}"
+        )
+    catalog = pickle.loads(done.stdout)
+    if not isinstance(catalog, HatsCatalog):
+        raise RuntimeError(f"the process reading {directory} answered {type(catalog).__name__}")
+    return catalog
+
+
+def read_with_hats(directory: Path) -> HatsCatalog:
+    """The catalog's metadata as the hats library reads it (imports hats: see the module's
+    docstring for why this runs in a helper process)."""
     import hats
     from hats.catalog import CatalogCollection
 
-    directory = Path(directory)
-    _check_layout(directory)
     try:
         with warnings.catch_warnings():
             # hats warns, then lists the files, when partition_info.csv is missing.
