@@ -7,6 +7,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+# Loaded here, so that this process reads HATS metadata itself rather than through the
+# helper process that keeps hats out of workers (its own test runs it in a fresh process):
+# a property test opens a new catalog per example.
 import hats  # noqa: F401
 import pytest
 
