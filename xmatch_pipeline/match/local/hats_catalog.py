@@ -149,7 +149,7 @@ def open_hats_catalog(directory: Path) -> HatsCatalog:
     """Read a HATS catalog's metadata (no partition is read); ``HatsFormatError`` if unusable."""
     directory = Path(directory)
     _check_layout(directory)
-    return _read_in_helper(directory.resolve(), _metadata_signature(directory))
+    return _read_metadata(directory.resolve(), _metadata_signature(directory))
 
 
 def _metadata_signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
@@ -166,7 +166,7 @@ def _metadata_signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
 
 
 @functools.lru_cache(maxsize=64)
-def _read_in_helper(directory: Path, _signature: tuple[tuple[str, int, int], ...]) -> HatsCatalog:
+def _read_metadata(directory: Path, _signature: tuple[tuple[str, int, int], ...]) -> HatsCatalog:
     """``read_with_hats`` in a child process, so that this one never imports hats; in this
     process where hats is loaded already (``catalog build``, LSDB), as nothing is saved."""
     if "hats" in sys.modules:
